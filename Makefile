@@ -1,0 +1,56 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything they need is here.
+PYTHON ?= python3
+VENV := .venv
+TRAIN_VENV := .venv-train
+PY := $(VENV)/bin/python
+TPY := $(TRAIN_VENV)/bin/python
+MODEL ?= models/minilm-moderation
+
+.PHONY: run test test-serve test-train lint protos model explainer bench clean
+
+# Serving environment: onnxruntime (CPU), no torch, no transformers.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $@
+
+# Training environment: torch first (the local CPU wheel), then the train extra.
+$(TRAIN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TPY) -m pip install -q --upgrade pip
+	$(TPY) -m pip install -q torch==2.13.0
+	$(TPY) -m pip install -q -e '.[cpu,train,dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/wacht serve
+
+test: test-serve test-train
+
+test-serve: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not train" -q
+
+test-train: $(TRAIN_VENV)/.installed
+	$(TPY) -m pytest -m train -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+protos: $(VENV)/.installed
+	$(PY) -m service.protos
+
+# Rebuild the committed default model from ../shared/data (about an hour on 2 CPU cores).
+model: $(TRAIN_VENV)/.installed
+	$(TPY) -m models.build --out $(MODEL)
+
+explainer: $(TRAIN_VENV)/.installed
+	$(TPY) -m models.explainer
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.load
+
+clean:
+	rm -rf $(VENV) $(TRAIN_VENV) build .pytest_cache .ruff_cache
