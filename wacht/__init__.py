@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf stubs for the Wacht API (see protos/)."""
