@@ -1,0 +1,1 @@
+"""gRPC servicers, error mapping and the server process."""

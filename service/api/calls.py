@@ -1,0 +1,162 @@
+"""What every RPC shares: admission, request id, deadline, metrics, logs and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from service.api import errors
+from service.batching.batcher import DeadlineExceeded, QueueFull
+from service.moderation.moderator import InvalidArgument
+from service.observability.logging import bind_request, clear_request, get_logger
+from service.runtime.engine import TextTooLong
+
+if TYPE_CHECKING:
+    from service.api.state import ServingState
+
+T = TypeVar("T")
+log = get_logger("wacht.api")
+REQUEST_ID_KEY = "x-request-id"
+
+
+@dataclass
+class Call:
+    method: str
+    request_id: str
+    deadline: float | None  # time.monotonic() based, None = no deadline
+    started: float
+
+    def elapsed_ns(self) -> int:
+        return int((time.monotonic() - self.started) * 1e9)
+
+
+def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
+    """Map an exception from any layer to the error the client sees."""
+    if isinstance(exc, errors.ApiError):
+        return exc
+    if isinstance(exc, InvalidArgument):
+        return errors.invalid_argument([(field_prefix + exc.field, exc.description)])
+    if isinstance(exc, QueueFull):
+        return errors.resource_exhausted(
+            "the batch queue is full; retry later", getattr(exc, "retry_after_s", 0.1)
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return errors.deadline_exceeded()
+    if isinstance(exc, TextTooLong):
+        return errors.invalid_argument(
+            [
+                (
+                    f"{field_prefix}texts[{exc.index}].text",
+                    f"{exc.tokens} tokens do not fit one window of {exc.limit} "
+                    "(truncation is REJECT)",
+                )
+            ]
+        )
+    log.error("unhandled error", exc_info=exc)
+    return errors.internal()
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: errors.ApiError) -> None:
+    status = error.to_grpc_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class CallRunner:
+    """Runs servicer bodies with the shared bookkeeping; one per server."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _begin(self, method: str, context: grpc.aio.ServicerContext, needs_models: bool) -> Call:
+        call = Call(method, _request_id(context), _deadline(context), time.monotonic())
+        bind_request(call.request_id, method)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        admission = self.state.admission_error(needs_models)
+        if admission is not None:
+            raise admission
+        return call
+
+    def _finish(
+        self, call: Call | None, method: str, code: grpc.StatusCode, started: float
+    ) -> None:
+        seconds = time.monotonic() - started
+        self.state.metrics.request_done(method, code.name, seconds)
+        log.debug("call done", code=code.name, ms=round(seconds * 1000, 2))
+        clear_request()
+
+    async def unary(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[Call], Awaitable[T]],
+        needs_models: bool = True,
+    ) -> T:
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        call = None
+        self.state.call_started()
+        try:
+            try:
+                call = self._begin(method, context, needs_models)
+                return await body(call)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                error = to_api_error(exc)
+                code = error.code
+                if code != grpc.StatusCode.INTERNAL:
+                    log.info("call failed", code=code.name, error=error.message)
+            await _abort(context, error)
+            raise AssertionError("unreachable")  # abort raises
+        finally:
+            self.state.call_finished()
+            self._finish(call, method, code, started)
+
+    async def streaming(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[Call], AsyncIterator[T]],
+    ) -> AsyncIterator[T]:
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        call = None
+        self.state.call_started()
+        try:
+            try:
+                call = self._begin(method, context, True)
+                async for item in body(call):
+                    yield item
+                    bind_request(call.request_id, method)
+                return
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                error = to_api_error(exc)
+                code = error.code
+                if code != grpc.StatusCode.INTERNAL:
+                    log.info("call failed", code=code.name, error=error.message)
+            await _abort(context, error)
+        finally:
+            self.state.call_finished()
+            self._finish(call, method, code, started)

@@ -1,0 +1,330 @@
+"""The Moderation service: Moderate, ModerateStream, Explain, ListPolicies, ListCategories."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from service.api.calls import Call, CallRunner, to_api_error
+from service.api.state import ServedModel, ServingState
+from service.api.validation import Violations, check_texts, moderate_options
+from service.moderation.moderator import ExplanationOutcome, TextOutcome
+from service.moderation.taxonomy import CATEGORIES
+from service.observability.logging import get_logger, texts_summary
+from wacht.v1 import common_pb2, moderation_pb2, moderation_pb2_grpc
+
+log = get_logger("wacht.api.moderation")
+DECISIONS = {
+    "allow": moderation_pb2.DECISION_ALLOW,
+    "review": moderation_pb2.DECISION_REVIEW,
+    "block": moderation_pb2.DECISION_BLOCK,
+}
+LEVELS = {
+    "none": moderation_pb2.EXPLANATION_LEVEL_NONE,
+    "evidence": moderation_pb2.EXPLANATION_LEVEL_EVIDENCE,
+    "generative": moderation_pb2.EXPLANATION_LEVEL_GENERATIVE,
+}
+
+
+def _decision(action: str) -> int:
+    return DECISIONS.get(action, moderation_pb2.DECISION_UNSPECIFIED)
+
+
+def _span(span: Any) -> moderation_pb2.EvidenceSpan:
+    return moderation_pb2.EvidenceSpan(
+        category=span.category,
+        begin=span.begin,
+        end=span.end,
+        byte_begin=span.byte_begin,
+        byte_end=span.byte_end,
+        score=span.score,
+        text=span.text,
+    )
+
+
+def explanation_proto(outcome: ExplanationOutcome) -> moderation_pb2.Explanation:
+    return moderation_pb2.Explanation(
+        level=LEVELS.get(outcome.level, moderation_pb2.EXPLANATION_LEVEL_UNSPECIFIED),
+        text=outcome.text,
+        reasons=[
+            moderation_pb2.Reason(
+                category=r.category,
+                score=r.score,
+                threshold=r.threshold,
+                action=_decision(r.action),
+                spans=[_span(s) for s in r.spans],
+            )
+            for r in outcome.reasons
+        ],
+        fallback=outcome.fallback,
+        fallback_reason=outcome.fallback_reason,
+        suggested_rewrite=outcome.suggested_rewrite,
+        generator=outcome.generator,
+    )
+
+
+def result_proto(
+    text_id: str, outcome: TextOutcome, model: common_pb2.ModelRef
+) -> moderation_pb2.ModerationResult:
+    result = moderation_pb2.ModerationResult(
+        id=text_id,
+        decision=_decision(outcome.decision),
+        flagged=outcome.flagged,
+        categories=[
+            moderation_pb2.CategoryScore(
+                category=c.category,
+                score=c.score,
+                review_threshold=c.review_threshold,
+                block_threshold=c.block_threshold,
+                action=_decision(c.action),
+                flagged=c.flagged,
+            )
+            for c in outcome.categories
+        ],
+        spans=[_span(s) for s in outcome.spans],
+        raw_scores=[
+            common_pb2.LabelScore(label=label, category=category or "", score=score)
+            for label, category, score in outcome.raw_scores
+        ],
+        model=model,
+        tokens=outcome.tokens,
+        windows=outcome.windows,
+    )
+    if outcome.sentiment_label:
+        result.sentiment.label = outcome.sentiment_label
+        result.sentiment.scores.extend(
+            common_pb2.LabelScore(label=label, score=score)
+            for label, score in outcome.sentiment_scores
+        )
+    if outcome.explanation is not None:
+        result.explanation.CopyFrom(explanation_proto(outcome.explanation))
+    return result
+
+
+def model_ref(served: ServedModel) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=served.manifest.name, version=served.manifest.version)
+
+
+def timings_proto(timings: Any, total_ns: int, explain_ns: int = 0) -> common_pb2.Timings:
+    return common_pb2.Timings(
+        queue_ns=max(0, int(timings.queue_ns)),
+        tokenize_ns=max(0, int(timings.tokenize_ns)),
+        inference_ns=max(0, int(timings.inference_ns)),
+        explain_ns=explain_ns,
+        total_ns=total_ns,
+        tokens=int(timings.tokens),
+    )
+
+
+class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
+    def __init__(self, state: ServingState, runner: CallRunner) -> None:
+        self.state = state
+        self.runner = runner
+
+    async def _moderate(
+        self, request: moderation_pb2.ModerateRequest, call: Call, prefix: str = ""
+    ) -> moderation_pb2.ModerateResponse:
+        v = Violations(prefix)
+        served = self.state.model(request.model, prefix + "model")
+        ids, texts = check_texts(request.texts, self.state.config.limits, v)
+        options = moderate_options(
+            request, served.manifest.categories, served.policies, v, call.deadline
+        )
+        v.raise_if_any()
+        self.state.metrics.texts.labels(call.method).inc(len(texts))
+        log.debug("moderate", texts=texts_summary(texts))
+        started = time.monotonic_ns()
+        outcomes, timings, policy = await served.moderator.moderate(texts, options)
+        elapsed = time.monotonic_ns() - started
+        explain_ns = getattr(timings, "explain_ns", None)
+        if explain_ns is None:
+            spent = timings.queue_ns + timings.tokenize_ns + timings.inference_ns
+            explain_ns = max(0, elapsed - spent) if options.explanation != "none" else 0
+        ref = model_ref(served)
+        for outcome in outcomes:
+            if outcome.explanation is not None and outcome.explanation.fallback:
+                self.state.metrics.explanation_fallback(outcome.explanation.fallback_reason)
+        return moderation_pb2.ModerateResponse(
+            results=[result_proto(i, o, ref) for i, o in zip(ids, outcomes, strict=True)],
+            timings=timings_proto(timings, call.elapsed_ns(), explain_ns),
+            model=ref,
+            policy=policy,
+            request_id=call.request_id,
+        )
+
+    async def Moderate(  # noqa: N802
+        self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
+    ) -> moderation_pb2.ModerateResponse:
+        return await self.runner.unary(
+            "Moderate", context, lambda call: self._moderate(request, call)
+        )
+
+    async def _stream_one(
+        self, sequence: int, message: moderation_pb2.ModerateStreamRequest, call: Call
+    ) -> moderation_pb2.ModerateStreamResponse:
+        reply = moderation_pb2.ModerateStreamResponse(
+            message_id=message.message_id, sequence=sequence
+        )
+        item = Call(call.method, f"{call.request_id}.{sequence}", call.deadline, time.monotonic())
+        try:
+            reply.response.CopyFrom(await self._moderate(message.request, item, "request."))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = to_api_error(exc, "request.")
+            reply.error.CopyFrom(error.to_status_proto())
+            log.info("stream message failed", sequence=sequence, code=error.code.name)
+        return reply
+
+    def _stream(self, request_iterator: AsyncIterator[moderation_pb2.ModerateStreamRequest]) -> Any:
+        limit = self.state.config.limits.stream_inflight_messages
+        gauge = self.state.metrics.stream_inflight
+
+        async def body(call: Call) -> AsyncIterator[moderation_pb2.ModerateStreamResponse]:
+            slots = asyncio.Semaphore(limit)
+            pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+            reader_error: list[BaseException] = []
+
+            async def reader() -> None:
+                sequence = 0
+                try:
+                    iterator = aiter(request_iterator)
+                    while True:
+                        # Take a slot before reading: while `limit` messages are unanswered
+                        # the stream is not read, and HTTP/2 flow control holds the client.
+                        await slots.acquire()
+                        try:
+                            message = await anext(iterator)
+                        except StopAsyncIteration:
+                            slots.release()
+                            break
+                        gauge.inc()
+                        task = asyncio.create_task(self._stream_one(sequence, message, call))
+                        await pending.put(task)
+                        sequence += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    reader_error.append(exc)
+                finally:
+                    pending.put_nowait(None)
+
+            reader_task = asyncio.create_task(reader())
+            try:
+                while True:
+                    task = await pending.get()
+                    if task is None:
+                        break
+                    try:
+                        reply = await task
+                    finally:
+                        gauge.dec()
+                    yield reply
+                    slots.release()
+                if reader_error:
+                    raise reader_error[0]
+            finally:
+                reader_task.cancel()
+                while not pending.empty():
+                    leftover = pending.get_nowait()
+                    if leftover is not None:
+                        leftover.cancel()
+                        gauge.dec()
+
+        return body
+
+    async def ModerateStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[moderation_pb2.ModerateStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[moderation_pb2.ModerateStreamResponse]:
+        async for reply in self.runner.streaming(
+            "ModerateStream", context, self._stream(request_iterator)
+        ):
+            yield reply
+
+    def _explain(self, request: moderation_pb2.ExplainRequest) -> Any:
+        async def body(call: Call) -> AsyncIterator[moderation_pb2.ExplainResponse]:
+            v = Violations()
+            served = self.state.model(request.model)
+            ids, texts = check_texts([request.text], self.state.config.limits, v, "text")
+            as_moderate = moderation_pb2.ModerateRequest(
+                policy=request.policy,
+                explanation=moderation_pb2.EXPLANATION_LEVEL_GENERATIVE,
+                suggest_rewrite=request.suggest_rewrite,
+                evidence_spans=True,
+            )
+            for key, value in request.threshold_overrides.items():
+                as_moderate.threshold_overrides[key].CopyFrom(value)
+            options = moderate_options(
+                as_moderate, served.manifest.categories, served.policies, v, call.deadline
+            )
+            v.raise_if_any()
+            self.state.metrics.texts.labels(call.method).inc(1)
+            ref = model_ref(served)
+            text_id = request.text.id or "0"
+            async for event in served.moderator.explain_stream(texts[0], options):
+                if isinstance(event, str):
+                    yield moderation_pb2.ExplainResponse(text_delta=event)
+                elif isinstance(event, ExplanationOutcome):
+                    if event.fallback:
+                        self.state.metrics.explanation_fallback(event.fallback_reason)
+                    yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
+                else:
+                    yield moderation_pb2.ExplainResponse(
+                        moderation=result_proto(text_id, event, ref)
+                    )
+
+        return body
+
+    async def Explain(  # noqa: N802
+        self, request: moderation_pb2.ExplainRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
+        async for reply in self.runner.streaming("Explain", context, self._explain(request)):
+            yield reply
+
+    async def ListPolicies(  # noqa: N802
+        self, request: moderation_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext
+    ) -> moderation_pb2.ListPoliciesResponse:
+        async def body(call: Call) -> moderation_pb2.ListPoliciesResponse:
+            store = self.state.model("").policies
+            policies = []
+            for name in store.names():
+                policy = store.get(name)
+                policies.append(
+                    moderation_pb2.Policy(
+                        name=policy.name,
+                        description=policy.description,
+                        is_default=policy.name == store.default_name,
+                        source=policy.source,
+                        categories=[
+                            moderation_pb2.CategoryThresholds(
+                                category=category,
+                                enabled=rule.enabled,
+                                review=rule.review,
+                                block=rule.block,
+                            )
+                            for category, rule in policy.rules.items()
+                        ],
+                    )
+                )
+            return moderation_pb2.ListPoliciesResponse(policies=policies)
+
+        return await self.runner.unary("ListPolicies", context, body)
+
+    async def ListCategories(  # noqa: N802
+        self, request: moderation_pb2.ListCategoriesRequest, context: grpc.aio.ServicerContext
+    ) -> moderation_pb2.ListCategoriesResponse:
+        async def body(call: Call) -> moderation_pb2.ListCategoriesResponse:
+            return moderation_pb2.ListCategoriesResponse(
+                categories=[
+                    moderation_pb2.Category(name=name, description=description)
+                    for name, description in CATEGORIES.items()
+                ]
+            )
+
+        return await self.runner.unary("ListCategories", context, body, needs_models=False)

@@ -1,0 +1,242 @@
+"""The server process: gRPC (grpc.aio) + health + reflection + metrics, models, signals.
+
+Lifecycle: the port opens at once with every health service NOT_SERVING; models load and
+warm up in the background, then health turns SERVING. A model that fails to load leaves
+health NOT_SERVING (the reason is logged and returned as UNAVAILABLE), and the process keeps
+answering health checks. SIGTERM/SIGINT: health NOT_SERVING at once, new calls UNAVAILABLE,
+in-flight calls finish within `shutdown_grace_s`, then the process exits. SIGHUP: policies
+are reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.analysis import AnalysisServicer
+from service.api.calls import CallRunner
+from service.api.handlers import add_servicer
+from service.api.models import ModelsServicer
+from service.api.moderation import ModerationServicer
+from service.api.state import ServedModel, ServingState
+from service.batching.batcher import Batcher
+from service.config import Config
+from service.moderation.moderator import Moderator
+from service.moderation.policies import PolicyStore, manifest_thresholds
+from service.observability.logging import get_logger
+from service.observability.metrics import Metrics
+from service.runtime.engine import Engine
+from wacht.v1 import analysis_pb2, models_pb2, moderation_pb2
+
+log = get_logger("wacht.server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class WachtServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.state = ServingState(config=config, metrics=self.metrics)
+        self.runner = CallRunner(self.state)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self.service_names: list[str] = []
+        self.loaded = asyncio.Event()
+        self._load_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self, load_models: bool = True) -> int:
+        """Open the port (health NOT_SERVING) and start loading models; return the port."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_message_bytes()),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.server = server
+        files = (moderation_pb2.DESCRIPTOR, analysis_pb2.DESCRIPTOR, models_pb2.DESCRIPTOR)
+        servicers = (
+            ModerationServicer(self.state, self.runner),
+            AnalysisServicer(self.state, self.runner),
+            ModelsServicer(self.state, self.runner),
+        )
+        for file, servicer in zip(files, servicers, strict=True):
+            name = next(iter(file.services_by_name))
+            self.service_names.append(add_servicer(server, servicer, file, name))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for name in ("", *self.service_names):
+            await self.health.set(name, NOT_SERVING)
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.config.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.address}")
+        await server.start()
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve(
+                self.config.metrics_port, self.config.metrics_host
+            )
+        log.info(
+            "listening",
+            address=self.config.address,
+            port=self.port,
+            metrics_port=self.metrics_port or None,
+            config=self.config.source,
+        )
+        if load_models:
+            self._load_task = asyncio.create_task(self.load_models())
+        return self.port
+
+    def _max_message_bytes(self) -> int:
+        limits = self.config.limits
+        return max(4 << 20, limits.max_texts_per_request * (limits.max_text_bytes + 64) + 4096)
+
+    async def load_models(self) -> None:
+        started = time.monotonic()
+        try:
+            await self._load_models()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.state.load_error = str(exc) or type(exc).__name__
+            log.error(
+                "model load failed; health stays NOT_SERVING",
+                error=self.state.load_error,
+                error_type=type(exc).__name__,
+            )
+            await self._stop_batchers()
+            self.state.models.clear()
+        else:
+            self.state.ready = True
+            for name in ("", *self.service_names):
+                await self.health.set(name, SERVING)
+            log.info(
+                "serving",
+                models=list(self.state.models),
+                default=self.state.default_model,
+                seconds=round(time.monotonic() - started, 2),
+            )
+        finally:
+            self.loaded.set()
+
+    async def _load_models(self) -> None:
+        config = self.config
+        explainer = await asyncio.to_thread(self._load_explainer)
+        self.state.explainer = explainer
+        for path in config.model_paths():
+            log.info("loading model", path=str(path))
+            engine = await asyncio.to_thread(
+                Engine.load,
+                path,
+                device=config.device,
+                intra_op_threads=config.intra_op_threads,
+                inter_op_threads=config.inter_op_threads,
+                verify=config.verify_checksums,
+            )
+            name = engine.manifest.name
+            if name in self.state.models:
+                raise ValueError(f"{path}: model name {name!r} is served twice")
+            policies = PolicyStore.load(
+                config.policies_dir and Path(config.policies_dir),
+                manifest_thresholds(engine.manifest),
+            )
+            batcher = Batcher(engine, config.batching, self.metrics.observer(name))
+            moderator = Moderator(batcher, engine.manifest, policies, explainer)
+            await batcher.start()
+            served = ServedModel(name, engine, batcher, policies, moderator)
+            self.state.models[name] = served
+            log.info(
+                "model ready",
+                model=name,
+                version=engine.manifest.version,
+                precision=engine.manifest.precision,
+                providers=list(engine.providers),
+                policies=served.policies.names(),
+            )
+        default = config.default_model or next(iter(self.state.models))
+        if default not in self.state.models:
+            raise ValueError(
+                f"default_model {default!r} is not served; served: {list(self.state.models)}"
+            )
+        self.state.default_model = default
+        for served in self.state.models.values():
+            served.is_default = served.name == default
+            manifest = served.manifest
+            self.metrics.model_info.labels(
+                manifest.name,
+                manifest.version,
+                manifest.precision,
+                served.engine.providers[0] if served.engine.providers else "",
+                str(served.is_default).lower(),
+            ).set(1)
+
+    def _load_explainer(self) -> Any:
+        if self.config.explainer_dir is None:
+            return None
+        from service.moderation.explainer import load_explainer  # optional, engineer P/G
+
+        return load_explainer(self.config.explainer_dir, self.config)
+
+    def reload_policies(self) -> None:
+        for served in self.state.models.values():
+            problems = served.policies.reload()
+            if problems:
+                log.error("policy reload failed; keeping the old policies", errors=problems)
+            else:
+                log.info("policies reloaded", model=served.name, policies=served.policies.names())
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then stop."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        self.state.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", inflight=self.state.inflight, grace_s=grace)
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        drained = await self.state.wait_idle(max(0.0, deadline - time.monotonic()))
+        if not drained:
+            log.warning("grace period over; cancelling calls", inflight=self.state.inflight)
+        if self.server is not None:
+            await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
+        await self._stop_batchers()
+        self.metrics.close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def _stop_batchers(self) -> None:
+        for served in self.state.models.values():
+            try:
+                await served.batcher.stop()
+            except Exception as exc:  # a failing batcher must not block the others
+                log.error("batcher stop failed", model=served.name, error=str(exc))
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads policies."""
+    server = WachtServer(config)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(server.stop()))
+    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(server.stop()))
+    loop.add_signal_handler(signal.SIGHUP, server.reload_policies)
+    await server.start()
+    await server.wait_stopped()

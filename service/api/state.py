@@ -1,0 +1,83 @@
+"""What the servicers share: the loaded models, limits, metrics and the lifecycle flags."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.api import errors
+from service.batching.batcher import Batcher
+from service.config import Config
+from service.moderation.moderator import Moderator
+from service.moderation.policies import PolicyStore
+from service.observability.metrics import Metrics
+from service.runtime.engine import Engine
+
+
+@dataclass
+class ServedModel:
+    name: str
+    engine: Engine
+    batcher: Batcher
+    policies: PolicyStore
+    moderator: Moderator
+    is_default: bool = False
+
+    @property
+    def manifest(self) -> Any:
+        return self.engine.manifest
+
+
+@dataclass
+class ServingState:
+    config: Config
+    metrics: Metrics
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    default_model: str = ""
+    ready: bool = False
+    draining: bool = False
+    load_error: str = ""
+    explainer: Any = None
+    inflight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    def admission_error(self, needs_models: bool = True) -> errors.ApiError | None:
+        if self.draining:
+            return errors.unavailable("the server is shutting down")
+        if needs_models and not self.ready:
+            if self.load_error:
+                return errors.unavailable(f"no model is being served: {self.load_error}")
+            return errors.unavailable("models are still loading")
+        return None
+
+    def model(self, name: str, field_path: str = "model") -> ServedModel:
+        """The served model called `name` ("" = default), else INVALID_ARGUMENT on field_path."""
+        key = name or self.default_model
+        served = self.models.get(key)
+        if served is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise errors.invalid_argument(
+                [(field_path, f"unknown model {name!r}; served models: {known}")]
+            )
+        return served
+
+    def call_started(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def call_finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight <= 0:
+            self.inflight = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False

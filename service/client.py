@@ -1,0 +1,369 @@
+"""A small typed client for Wacht: `WachtClient` (sync) and `AsyncWachtClient` (asyncio).
+
+Both return the generated proto messages. Texts may be given as one string, a list of
+strings (ids become "0", "1", ...), a mapping id -> text, or `TextInput` messages.
+
+    with WachtClient("127.0.0.1:50051") as client:
+        response = client.moderate(["you are lovely", "you idiot"])
+        print(response.results[1].decision)
+
+Errors are `grpc.RpcError`; `error_status(err)` returns the `google.rpc.Status` with its
+details (BadRequest field violations, RetryInfo) and `error_details(err)` unpacks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from service.api.errors import unpack_details
+from wacht.v1 import (
+    analysis_pb2,
+    analysis_pb2_grpc,
+    common_pb2,
+    models_pb2,
+    models_pb2_grpc,
+    moderation_pb2,
+    moderation_pb2_grpc,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+TextsArg = str | Sequence[str] | Mapping[str, str] | Sequence[common_pb2.TextInput]
+EXPLANATION_LEVELS = {
+    "none": moderation_pb2.EXPLANATION_LEVEL_NONE,
+    "evidence": moderation_pb2.EXPLANATION_LEVEL_EVIDENCE,
+    "generative": moderation_pb2.EXPLANATION_LEVEL_GENERATIVE,
+}
+TRUNCATIONS = {
+    "window": common_pb2.TRUNCATION_SLIDING_WINDOW,
+    "head": common_pb2.TRUNCATION_HEAD,
+    "reject": common_pb2.TRUNCATION_REJECT,
+}
+ANALYSES = {
+    "toxicity": moderation_pb2.ANALYSIS_TOXICITY,
+    "sentiment": moderation_pb2.ANALYSIS_SENTIMENT,
+}
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def text_inputs(texts: TextsArg) -> list[common_pb2.TextInput]:
+    if isinstance(texts, str):
+        return [common_pb2.TextInput(id="0", text=texts)]
+    if isinstance(texts, Mapping):
+        return [common_pb2.TextInput(id=str(k), text=v) for k, v in texts.items()]
+    out = []
+    for i, item in enumerate(texts):
+        if isinstance(item, common_pb2.TextInput):
+            out.append(item)
+        else:
+            out.append(common_pb2.TextInput(id=str(i), text=item))
+    return out
+
+
+def _enum(value: str | int, table: Mapping[str, int], what: str) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return table[value.lower()]
+    except KeyError:
+        raise ValueError(f"unknown {what} {value!r}; one of {sorted(table)}") from None
+
+
+def moderate_request(
+    texts: TextsArg,
+    *,
+    model: str = "",
+    policy: str = "",
+    categories: Sequence[str] = (),
+    analyses: Sequence[str | int] = (),
+    explanation: str | int = "none",
+    evidence_spans: bool = False,
+    suggest_rewrite: bool = False,
+    raw_scores: bool = False,
+    truncation: str | int = 0,
+    overrides: Mapping[str, Mapping[str, Any] | moderation_pb2.ThresholdOverride] | None = None,
+) -> moderation_pb2.ModerateRequest:
+    request = moderation_pb2.ModerateRequest(
+        texts=text_inputs(texts),
+        model=model,
+        policy=policy,
+        categories=list(categories),
+        analyses=[_enum(a, ANALYSES, "analysis") for a in analyses],
+        explanation=_enum(explanation, EXPLANATION_LEVELS, "explanation level"),
+        evidence_spans=evidence_spans,
+        suggest_rewrite=suggest_rewrite,
+        raw_scores=raw_scores,
+        truncation=_enum(truncation, TRUNCATIONS, "truncation"),
+    )
+    for category, value in (overrides or {}).items():
+        override = (
+            value
+            if isinstance(value, moderation_pb2.ThresholdOverride)
+            else moderation_pb2.ThresholdOverride(**value)
+        )
+        request.threshold_overrides[category].CopyFrom(override)
+    return request
+
+
+def analyze_request(
+    texts: TextsArg, *, model: str = "", tasks: Sequence[str] = (), truncation: str | int = 0
+) -> analysis_pb2.AnalyzeRequest:
+    return analysis_pb2.AnalyzeRequest(
+        texts=text_inputs(texts),
+        model=model,
+        tasks=list(tasks),
+        truncation=_enum(truncation, TRUNCATIONS, "truncation"),
+    )
+
+
+def explain_request(
+    text: str | common_pb2.TextInput,
+    *,
+    model: str = "",
+    policy: str = "",
+    suggest_rewrite: bool = False,
+) -> moderation_pb2.ExplainRequest:
+    item = text if isinstance(text, common_pb2.TextInput) else common_pb2.TextInput(text=text)
+    return moderation_pb2.ExplainRequest(
+        text=item, model=model, policy=policy, suggest_rewrite=suggest_rewrite
+    )
+
+
+def stream_message(
+    item: moderation_pb2.ModerateStreamRequest | moderation_pb2.ModerateRequest | TextsArg,
+    index: int,
+) -> moderation_pb2.ModerateStreamRequest:
+    if isinstance(item, moderation_pb2.ModerateStreamRequest):
+        return item
+    request = item if isinstance(item, moderation_pb2.ModerateRequest) else moderate_request(item)
+    return moderation_pb2.ModerateStreamRequest(message_id=str(index), request=request)
+
+
+def error_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a failed call carries (None when it has no rich status)."""
+    try:
+        return rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+def error_details(error: grpc.RpcError | status_pb2.Status) -> list[Message]:
+    """BadRequest / RetryInfo details of a failed call or of an in-stream error status."""
+    status = error if isinstance(error, status_pb2.Status) else error_status(error)
+    return unpack_details(status) if status is not None else []
+
+
+def _options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+class WachtClient:
+    """Blocking client. `timeout` (seconds) is the default deadline of every call."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = 30.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = channel or grpc.insecure_channel(address, options=_options())
+        self.moderation = moderation_pb2_grpc.ModerationStub(self.channel)
+        self.analysis = analysis_pb2_grpc.AnalysisStub(self.channel)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> WachtClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _t(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    def moderate(
+        self, texts: TextsArg, *, timeout: float | None = None, **options: Any
+    ) -> moderation_pb2.ModerateResponse:
+        return self.moderation.Moderate(
+            moderate_request(texts, **options), timeout=self._t(timeout)
+        )
+
+    def moderate_raw(
+        self, request: moderation_pb2.ModerateRequest, *, timeout: float | None = None
+    ) -> moderation_pb2.ModerateResponse:
+        return self.moderation.Moderate(request, timeout=self._t(timeout))
+
+    def analyze(
+        self, texts: TextsArg, *, timeout: float | None = None, **options: Any
+    ) -> analysis_pb2.AnalyzeResponse:
+        return self.analysis.Analyze(analyze_request(texts, **options), timeout=self._t(timeout))
+
+    def stream(
+        self, messages: Iterable[Any], *, timeout: float | None = None
+    ) -> Iterator[moderation_pb2.ModerateStreamResponse]:
+        requests = (stream_message(m, i) for i, m in enumerate(messages))
+        return self.moderation.ModerateStream(requests, timeout=self._t(timeout))
+
+    def explain(
+        self, text: str | common_pb2.TextInput, *, timeout: float | None = None, **options: Any
+    ) -> Iterator[moderation_pb2.ExplainResponse]:
+        return self.moderation.Explain(explain_request(text, **options), timeout=self._t(timeout))
+
+    def list_policies(self, *, timeout: float | None = None) -> moderation_pb2.ListPoliciesResponse:
+        return self.moderation.ListPolicies(
+            moderation_pb2.ListPoliciesRequest(), timeout=self._t(timeout)
+        )
+
+    def list_categories(
+        self, *, timeout: float | None = None
+    ) -> moderation_pb2.ListCategoriesResponse:
+        return self.moderation.ListCategories(
+            moderation_pb2.ListCategoriesRequest(), timeout=self._t(timeout)
+        )
+
+    def list_models(self, *, timeout: float | None = None) -> models_pb2.ListModelsResponse:
+        return self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self._t(timeout))
+
+    def model_info(self, name: str = "", *, timeout: float | None = None) -> models_pb2.ModelInfo:
+        return self.models.GetModelInfo(
+            models_pb2.GetModelInfoRequest(name=name), timeout=self._t(timeout)
+        )
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> int:
+        """HealthCheckResponse.ServingStatus of `service` ("" = the whole server)."""
+        reply = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self._t(timeout)
+        )
+        return reply.status
+
+    def watch_health(self, service: str = "", *, timeout: float | None = None) -> Iterator[int]:
+        """Statuses of `service` as they change (first the current one)."""
+        for reply in self.health_stub.Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        ):
+            yield reply.status
+
+
+class AsyncWachtClient:
+    """asyncio client (grpc.aio); same methods as WachtClient, awaitable."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = 30.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = channel or grpc.aio.insecure_channel(address, options=_options())
+        self.moderation = moderation_pb2_grpc.ModerationStub(self.channel)
+        self.analysis = analysis_pb2_grpc.AnalysisStub(self.channel)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    async def __aenter__(self) -> AsyncWachtClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _t(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def moderate(
+        self, texts: TextsArg, *, timeout: float | None = None, **options: Any
+    ) -> moderation_pb2.ModerateResponse:
+        return await self.moderation.Moderate(
+            moderate_request(texts, **options), timeout=self._t(timeout)
+        )
+
+    async def moderate_raw(
+        self, request: moderation_pb2.ModerateRequest, *, timeout: float | None = None
+    ) -> moderation_pb2.ModerateResponse:
+        return await self.moderation.Moderate(request, timeout=self._t(timeout))
+
+    async def analyze(
+        self, texts: TextsArg, *, timeout: float | None = None, **options: Any
+    ) -> analysis_pb2.AnalyzeResponse:
+        return await self.analysis.Analyze(
+            analyze_request(texts, **options), timeout=self._t(timeout)
+        )
+
+    def stream(
+        self, messages: Iterable[Any] | AsyncIterable[Any], *, timeout: float | None = None
+    ) -> AsyncIterator[moderation_pb2.ModerateStreamResponse]:
+        async def requests() -> AsyncIterator[moderation_pb2.ModerateStreamRequest]:
+            if isinstance(messages, AsyncIterable):
+                index = 0
+                async for message in messages:
+                    yield stream_message(message, index)
+                    index += 1
+            else:
+                for index, message in enumerate(messages):
+                    yield stream_message(message, index)
+
+        return self.moderation.ModerateStream(requests(), timeout=self._t(timeout))
+
+    def explain(
+        self, text: str | common_pb2.TextInput, *, timeout: float | None = None, **options: Any
+    ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
+        return self.moderation.Explain(explain_request(text, **options), timeout=self._t(timeout))
+
+    async def list_policies(
+        self, *, timeout: float | None = None
+    ) -> moderation_pb2.ListPoliciesResponse:
+        return await self.moderation.ListPolicies(
+            moderation_pb2.ListPoliciesRequest(), timeout=self._t(timeout)
+        )
+
+    async def list_categories(
+        self, *, timeout: float | None = None
+    ) -> moderation_pb2.ListCategoriesResponse:
+        return await self.moderation.ListCategories(
+            moderation_pb2.ListCategoriesRequest(), timeout=self._t(timeout)
+        )
+
+    async def list_models(self, *, timeout: float | None = None) -> models_pb2.ListModelsResponse:
+        return await self.models.ListModels(
+            models_pb2.ListModelsRequest(), timeout=self._t(timeout)
+        )
+
+    async def model_info(
+        self, name: str = "", *, timeout: float | None = None
+    ) -> models_pb2.ModelInfo:
+        return await self.models.GetModelInfo(
+            models_pb2.GetModelInfoRequest(name=name), timeout=self._t(timeout)
+        )
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> int:
+        reply = await self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self._t(timeout)
+        )
+        return reply.status
+
+    async def watch_health(
+        self, service: str = "", *, timeout: float | None = None
+    ) -> AsyncIterator[int]:
+        async for reply in self.health_stub.Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        ):
+            yield reply.status

@@ -1,0 +1,251 @@
+"""Server configuration: one YAML file plus `WACHT_*` environment overrides.
+
+Precedence: built-in defaults < YAML file (`--config` or `WACHT_CONFIG`) < environment.
+Environment keys are the YAML path in upper case, nested sections joined by a double
+underscore: `WACHT_ADDRESS=0.0.0.0:50051`, `WACHT_BATCHING__MAX_BATCH_SIZE=1`,
+`WACHT_LIMITS__MAX_TEXT_BYTES=4096`, `WACHT_LOG__LEVEL=debug`. Values are parsed as YAML
+scalars; `WACHT_MODELS` also takes a comma-separated list. See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.batching.batcher import BatchingConfig
+
+ENV_PREFIX = "WACHT_"
+CONFIG_ENV = "WACHT_CONFIG"
+DEFAULT_MODEL = "models/minilm-moderation"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+DEVICES = ("cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the source and the key."""
+
+
+@dataclass
+class LimitsConfig:
+    max_texts_per_request: int = 256
+    max_text_bytes: int = 65536
+    max_windows_per_text: int = 16
+    # Request messages of one ModerateStream call being worked on at once; the server
+    # stops reading the stream while this many are unanswered.
+    stream_inflight_messages: int = 8
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+    format: str = "json"
+    # Log request texts verbatim. Off: texts are logged as sha256 prefix + length only.
+    raw_text: bool = False
+
+
+@dataclass
+class Config:
+    address: str = "127.0.0.1:50051"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0 turns the metrics endpoint off
+    models: list[Path] = field(default_factory=lambda: [Path(DEFAULT_MODEL)])
+    default_model: str = ""  # model name; empty = the first of `models`
+    device: str = "cpu"
+    intra_op_threads: int = 0  # 0 = onnxruntime's choice (all cores)
+    inter_op_threads: int = 1
+    verify_checksums: bool = True
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policies_dir: Path | None = None  # None = the built-in default policy
+    explainer_dir: Path | None = None  # None = no generative explanations
+    log: LogConfig = field(default_factory=LogConfig)
+    shutdown_grace_s: float = 10.0
+    source: str = "defaults"
+
+    def model_paths(self) -> list[Path]:
+        return [resolve_path(p) for p in self.models]
+
+
+def resolve_path(path: Path) -> Path:
+    """An absolute path as is; a relative one against the working directory if it exists
+    there, else against the installed package / checkout (where the default model lives)."""
+    if path.is_absolute():
+        return path
+    for base in (Path.cwd(), PACKAGE_ROOT):
+        if (base / path).exists():
+            return (base / path).resolve()
+    return (PACKAGE_ROOT / path).resolve()
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _convert(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if hint is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if keys == ["models"] and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another WACHT_ variable")
+        node[keys[-1]] = value
+    return tree
+
+
+def _validate(config: Config) -> None:
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{config.source}: {key}: {problem}")
+
+    host, sep, port = config.address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        fail("address", f"expected host:port, got {config.address!r}")
+    if not 0 <= config.metrics_port < 65536:
+        fail("metrics_port", f"must be 0..65535, got {config.metrics_port}")
+    if not config.models:
+        fail("models", "at least one model directory is required")
+    if config.device not in DEVICES:
+        fail("device", f"must be one of {DEVICES}, got {config.device!r}")
+    if config.intra_op_threads < 0 or config.inter_op_threads < 0:
+        fail("intra_op_threads/inter_op_threads", "must be >= 0")
+    for name in ("max_texts_per_request", "max_text_bytes", "max_windows_per_text"):
+        if getattr(config.limits, name) < 1:
+            fail(f"limits.{name}", "must be >= 1")
+    if config.limits.stream_inflight_messages < 1:
+        fail("limits.stream_inflight_messages", "must be >= 1")
+    for f in dataclasses.fields(config.batching):
+        value = getattr(config.batching, f.name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            fail(f"batching.{f.name}", f"must be >= 0, got {value}")
+    if config.batching.max_batch_size < 1 or config.batching.max_batch_tokens < 1:
+        fail("batching", "max_batch_size and max_batch_tokens must be >= 1")
+    if config.log.level.lower() not in LOG_LEVELS:
+        fail("log.level", f"must be one of {LOG_LEVELS}, got {config.log.level!r}")
+    if config.log.format not in LOG_FORMATS:
+        fail("log.format", f"must be one of {LOG_FORMATS}, got {config.log.format!r}")
+    if config.shutdown_grace_s < 0:
+        fail("shutdown_grace_s", "must be >= 0")
+    if config.policies_dir is not None and not resolve_path(config.policies_dir).is_dir():
+        fail("policies_dir", f"{config.policies_dir} is not a directory")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the YAML file (`path`, else $WACHT_CONFIG), then WACHT_* variables."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    sources = []
+    base_dir: Path | None = None
+    if path:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read config: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: invalid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        data = loaded or {}
+        sources.append(str(file))
+        base_dir = file.resolve().parent
+    overrides = _env_overrides(env)
+    if overrides:
+        sources.append("environment")
+    where = " + ".join(sources) or "defaults"
+    try:
+        config = _build(Config, _merge(data, overrides), "")
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    config.source = where
+    if base_dir is not None:
+        # Relative paths written in the file are relative to the file, when they exist there.
+        def rebase(p: Path | None) -> Path | None:
+            if p is None or p.is_absolute() or not (base_dir / p).exists():
+                return p
+            return base_dir / p
+
+        config.models = [rebase(p) or p for p in config.models]
+        config.policies_dir = rebase(config.policies_dir)
+        config.explainer_dir = rebase(config.explainer_dir)
+    config.log.level = config.log.level.lower()
+    _validate(config)
+    return config

@@ -1,0 +1,70 @@
+"""structlog JSON logging with a request id bound per call; texts logged by hash only."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_raw_text = False
+
+
+def configure_logging(level: str = "info", fmt: str = "json", raw_text: bool = False) -> None:
+    """Route structlog (and stdlib logging) to stderr as JSON lines (or console text)."""
+    global _raw_text
+    _raw_text = raw_text
+    numeric = logging.getLevelName(level.upper())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.getLogger("grpc").setLevel(max(numeric, logging.WARNING))
+
+
+def get_logger(name: str = "wacht") -> Any:
+    return structlog.get_logger(name)
+
+
+def text_fingerprint(text: str) -> dict[str, Any]:
+    """What the logs may say about a user text: a sha256 prefix and the length."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    info: dict[str, Any] = {"sha256": digest, "length": len(text)}
+    if _raw_text:
+        info["text"] = text
+    return info
+
+
+def texts_summary(texts: list[str], limit: int = 8) -> dict[str, Any]:
+    """Count, total length and the first few fingerprints of a request's texts."""
+    return {
+        "count": len(texts),
+        "chars": sum(len(t) for t in texts),
+        "texts": [text_fingerprint(t) for t in texts[:limit]],
+    }
+
+
+def bind_request(request_id: str, method: str) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+
+
+def clear_request() -> None:
+    structlog.contextvars.clear_contextvars()
