@@ -1,0 +1,1 @@
+"""Moderation semantics: taxonomy, policies, decisions, evidence spans and explanations."""

@@ -1,0 +1,233 @@
+"""Explanations: deterministic EVIDENCE reasons and sentence; GENERATIVE text from an LLM, guarded.
+
+The guard accepts a generated explanation only if it names every flagged category (its name or
+a synonym from the taxonomy) and every quoted string in it ("..." '...' “...” ‘...’ «...») occurs
+in the input (case-insensitive). Otherwise the EVIDENCE sentence is returned with
+``fallback=True`` and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.moderation.outcomes import (
+    CategoryOutcome,
+    ExplanationOutcome,
+    ReasonOutcome,
+    SpanOutcome,
+)
+from service.moderation.taxonomy import terms
+
+DECISION_WORDS = {"allow": "Allowed", "review": "Sent to review", "block": "Blocked"}
+QUOTE_PATTERNS = (
+    re.compile(r'"([^"\n]{1,400})"'),
+    re.compile(r"“([^”\n]{1,400})”"),
+    re.compile(r"«([^»\n]{1,400})»"),
+    re.compile(r"„([^“”\n]{1,400})[“”]"),
+    re.compile(r"(?<!\w)'([^'\n]{1,400}?)'(?!\w)"),
+    re.compile(r"(?<!\w)‘([^’\n]{1,400}?)’(?!\w)"),
+)
+QUOTE_EDGES = " \t.,;:!?…-–—"
+REWRITE_MARKER = re.compile(r"^\s*(?:suggested\s+)?rewrite\s*:\s*", re.IGNORECASE | re.MULTILINE)
+PROMPT_TEXT_CHARS = 600
+
+
+class TextGenerator(Protocol):
+    """What the explainer needs of service.batching.generation.GenerationQueue."""
+
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 96,
+        deadline: float | None = None,
+    ) -> AsyncIterator[str]: ...
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 96
+    rewrite_tokens: int = 64  # extra tokens allowed when a rewrite is asked for
+    tokens_per_s: float = 20.0  # starting estimate; replaced by what generation measures
+    prefill_s: float = 0.3  # prompt processing, added to the estimate
+
+
+def _human(category: str) -> str:
+    return category.replace("_", " ")
+
+
+def reasons_for(categories: list[CategoryOutcome], spans: list[SpanOutcome]) -> list[ReasonOutcome]:
+    """One reason per flagged category, most severe and highest-scoring first."""
+    reasons = []
+    for cat in categories:
+        if not cat.flagged:
+            continue
+        threshold = cat.block_threshold if cat.action == "block" else cat.review_threshold
+        reasons.append(
+            ReasonOutcome(
+                category=cat.category,
+                score=cat.score,
+                threshold=threshold,
+                action=cat.action,
+                spans=[s for s in spans if s.category == cat.category],
+            )
+        )
+    reasons.sort(key=lambda r: (r.action == "block", r.score), reverse=True)
+    return reasons
+
+
+def evidence_sentence(
+    decision: str, reasons: list[ReasonOutcome], categories: list[CategoryOutcome]
+) -> str:
+    """One deterministic sentence saying why."""
+    head = DECISION_WORDS.get(decision, decision.capitalize())
+    if not reasons:
+        enabled = [c for c in categories if c.review_threshold <= 1.0]
+        if not enabled:
+            return f"{head}: no category was checked."
+        top = max(enabled, key=lambda c: c.score)
+        return (
+            f"{head}: no category reached its review threshold "
+            f"(highest: {_human(top.category)} {top.score:.2f}, review at "
+            f"{top.review_threshold:.2f})."
+        )
+    parts = []
+    for reason in reasons:
+        level = "block" if reason.action == "block" else "review"
+        part = (
+            f"{_human(reason.category)} scored {reason.score:.2f}, at or above the {level} "
+            f"threshold {reason.threshold:.2f}"
+        )
+        if reason.spans:
+            quoted = ", ".join(f'"{s.text}"' for s in reason.spans[:3])
+            part += f", driven by {quoted}"
+        parts.append(part)
+    return f"{head}: " + "; ".join(parts) + "."
+
+
+def evidence_explanation(
+    decision: str,
+    reasons: list[ReasonOutcome],
+    categories: list[CategoryOutcome],
+    *,
+    fallback_reason: str = "",
+) -> ExplanationOutcome:
+    return ExplanationOutcome(
+        level="evidence",
+        text=evidence_sentence(decision, reasons, categories),
+        reasons=reasons,
+        fallback=bool(fallback_reason),
+        fallback_reason=fallback_reason,
+    )
+
+
+def prompt_messages(
+    text: str, decision: str, reasons: list[ReasonOutcome], suggest_rewrite: bool
+) -> list[dict[str, str]]:
+    """Chat messages asking for a short explanation (and a rewrite) of a moderation decision."""
+    shown = text if len(text) <= PROMPT_TEXT_CHARS else text[:PROMPT_TEXT_CHARS] + " …"
+    names = ", ".join(_human(r.category) for r in reasons)
+    phrases = [s.text for r in reasons for s in r.spans[:2]]
+    lines = [
+        f'Text: "{shown}"',
+        f"Decision: {DECISION_WORDS.get(decision, decision).lower()}",
+        f"Categories: {names}",
+    ]
+    if phrases:
+        lines.append("Words that triggered it: " + ", ".join(f'"{p}"' for p in phrases))
+    task = (
+        f"In one or two short sentences, explain why the text was "
+        f"{DECISION_WORDS.get(decision, decision).lower()}. Mention the categories {names}. "
+        "Only quote words that appear in the text."
+    )
+    if suggest_rewrite:
+        task += " Then write one line that starts with 'Rewrite:' and gives a polite version."
+    lines.append(task)
+    return [
+        {
+            "role": "system",
+            "content": "You are a content moderation assistant. You explain moderation "
+            "decisions briefly, factually and politely.",
+        },
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def split_rewrite(generated: str) -> tuple[str, str]:
+    """(explanation, rewrite) from generated text; the rewrite follows a 'Rewrite:' line."""
+    match = REWRITE_MARKER.search(generated)
+    if not match:
+        return generated.strip(), ""
+    rewrite = generated[match.end() :].strip().splitlines()
+    return generated[: match.start()].strip(), (rewrite[0].strip().strip('"“”') if rewrite else "")
+
+
+def quotes(text: str) -> list[str]:
+    """Every quoted string in `text`."""
+    found = []
+    for pattern in QUOTE_PATTERNS:
+        found.extend(m.group(1) for m in pattern.finditer(text))
+    return found
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def names_category(text: str, category: str) -> bool:
+    lowered = text.casefold()
+    return any(
+        re.search(r"(?<!\w)" + re.escape(term) + r"(?!\w)", lowered) for term in terms(category)
+    ) or any(term in lowered for term in terms(category) if " " in term)
+
+
+def guard(generated: str, source: str, categories: list[str]) -> str:
+    """'' if `generated` may be shown; else 'guard_categories' or 'guard_quote'."""
+    if not generated.strip():
+        return "guard_categories" if categories else ""
+    missing = [c for c in categories if not names_category(generated, c)]
+    if missing:
+        return "guard_categories"
+    allowed_labels = {t for c in categories for t in terms(c)}
+    haystack = _norm(source)
+    for quoted in quotes(generated):
+        needle = _norm(quoted.strip(QUOTE_EDGES))
+        if not needle or needle in allowed_labels:
+            continue
+        if needle not in haystack:
+            return "guard_quote"
+    return ""
+
+
+def generator_name(explainer: Any) -> str:
+    for owner in (explainer, getattr(explainer, "generator", None)):
+        name = getattr(owner, "name", None)
+        if isinstance(name, str) and name:
+            return name
+    return ""
+
+
+class SpeedEstimate:
+    """Generation speed, measured as it runs, to judge whether a deadline leaves enough time."""
+
+    def __init__(self, config: GenerationConfig) -> None:
+        self.config = config
+        self.tokens_per_s = config.tokens_per_s
+
+    def seconds_for(self, max_new_tokens: int) -> float:
+        return self.config.prefill_s + max_new_tokens / max(self.tokens_per_s, 1e-3)
+
+    def enough_time(self, deadline: float | None, max_new_tokens: int) -> bool:
+        if deadline is None:
+            return True
+        return deadline - time.monotonic() >= self.seconds_for(max_new_tokens)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        if tokens < 8 or seconds <= 0:
+            return
+        measured = tokens / seconds
+        self.tokens_per_s = 0.7 * self.tokens_per_s + 0.3 * measured
