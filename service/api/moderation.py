@@ -145,9 +145,6 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
             spent = timings.queue_ns + timings.tokenize_ns + timings.inference_ns
             explain_ns = max(0, elapsed - spent) if options.explanation != "none" else 0
         ref = model_ref(served)
-        for outcome in outcomes:
-            if outcome.explanation is not None and outcome.explanation.fallback:
-                self.state.metrics.explanation_fallback(outcome.explanation.fallback_reason)
         return moderation_pb2.ModerateResponse(
             results=[result_proto(i, o, ref) for i, o in zip(ids, outcomes, strict=True)],
             timings=timings_proto(timings, call.elapsed_ns(), explain_ns),
@@ -251,7 +248,9 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         async def body(call: Call) -> AsyncIterator[moderation_pb2.ExplainResponse]:
             v = Violations()
             served = self.state.model(request.model)
-            ids, texts = check_texts([request.text], self.state.config.limits, v, "text")
+            ids, texts = check_texts(
+                [request.text], self.state.config.limits, v, "text", single=True
+            )
             as_moderate = moderation_pb2.ModerateRequest(
                 policy=request.policy,
                 explanation=moderation_pb2.EXPLANATION_LEVEL_GENERATIVE,
@@ -271,8 +270,6 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
                 if isinstance(event, str):
                     yield moderation_pb2.ExplainResponse(text_delta=event)
                 elif isinstance(event, ExplanationOutcome):
-                    if event.fallback:
-                        self.state.metrics.explanation_fallback(event.fallback_reason)
                     yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
                 else:
                     yield moderation_pb2.ExplainResponse(

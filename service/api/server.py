@@ -153,7 +153,13 @@ class WachtServer:
                 manifest_thresholds(engine.manifest),
             )
             batcher = Batcher(engine, config.batching, self.metrics.observer(name))
-            moderator = Moderator(batcher, engine.manifest, policies, explainer)
+            moderator = Moderator(
+                batcher,
+                engine.manifest,
+                policies,
+                explainer,
+                on_fallback=self.metrics.explanation_fallback,
+            )
             await batcher.start()
             served = ServedModel(name, engine, batcher, policies, moderator)
             self.state.models[name] = served
@@ -183,11 +189,26 @@ class WachtServer:
             ).set(1)
 
     def _load_explainer(self) -> Any:
+        """The generative explainer (optional): without one, GENERATIVE falls back to EVIDENCE."""
         if self.config.explainer_dir is None:
             return None
-        from service.moderation.explainer import load_explainer  # optional, engineer P/G
+        from service.config import resolve_path
 
-        return load_explainer(self.config.explainer_dir, self.config)
+        path = resolve_path(self.config.explainer_dir)
+        try:
+            from service.batching.generation import GenerationQueue
+            from service.runtime.generator import Generator
+
+            generator = Generator.load(path, intra_op_threads=self.config.intra_op_threads)
+            log.info("explainer ready", path=str(path), generator=generator.name)
+            return GenerationQueue(generator)
+        except Exception as exc:
+            log.error(
+                "explainer failed to load; generative explanations fall back to evidence",
+                path=str(path),
+                error=str(exc) or type(exc).__name__,
+            )
+            return None
 
     def reload_policies(self) -> None:
         for served in self.state.models.values():

@@ -39,9 +39,14 @@ class Violations:
 
 
 def check_texts(
-    texts: Sequence[common_pb2.TextInput], limits: LimitsConfig, v: Violations, field: str = "texts"
+    texts: Sequence[common_pb2.TextInput],
+    limits: LimitsConfig,
+    v: Violations,
+    field: str = "texts",
+    single: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """Ids and texts of a request. An empty id becomes the text's index ("0", "1", ...)."""
+    """Ids and texts of a request. An empty id becomes the text's index ("0", "1", ...).
+    `single`: `field` is one TextInput (Explain), so paths read `text.text`, not `texts[0].text`."""
     if not texts:
         v.add(field, "at least one text is required")
         return [], []
@@ -58,9 +63,8 @@ def check_texts(
         ids.append(text_id)
         size = len(item.text.encode("utf-8", "surrogatepass"))
         if size > limits.max_text_bytes:
-            v.add(
-                f"{field}[{i}].text", f"{size} bytes; at most {limits.max_text_bytes} UTF-8 bytes"
-            )
+            at = f"{field}.text" if single else f"{field}[{i}].text"
+            v.add(at, f"{size} bytes; at most {limits.max_text_bytes} UTF-8 bytes")
     return ids, [item.text for item in texts]
 
 
