@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "minilm-moderation"
+# WACHT_TEST_MODEL points the API tests at another model directory (development only).
+DEFAULT_MODEL = Path(
+    os.environ.get("WACHT_TEST_MODEL") or REPO_ROOT / "models" / "minilm-moderation"
+)
 
 
 def require_model() -> Path:
@@ -46,6 +49,7 @@ def make_config(**overrides: Any) -> Any:
     from service.config import load_config
 
     config = load_config(None, env={})
+    config.models = [DEFAULT_MODEL]
     config.address = "127.0.0.1:0"
     config.metrics_port = free_port()
     config.shutdown_grace_s = 5.0
@@ -90,10 +94,10 @@ class ServerThread:
         self.thread.join(10)
 
 
-def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample called `name` in Prometheus text format."""
+def metric_samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `metric` in Prometheus text format."""
     out = []
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$")
+    pattern = re.compile(rf"^{re.escape(metric)}(?:\{{(.*)\}})? (\S+)$")
     for line in text.splitlines():
         match = pattern.match(line)
         if match:
@@ -102,47 +106,47 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
+def metric_value(text: str, metric: str, **labels: str) -> float:
     return sum(
         value
-        for found, value in metric_samples(text, name)
+        for found, value in metric_samples(text, metric)
         if all(found.get(k) == v for k, v in labels.items())
     )
 
 
 @contextlib.contextmanager
-def server_thread(config: Any, wait: bool = True) -> Iterator[ServerThread]:
+def server_thread(config: Any, require_ready: bool = True) -> Iterator[ServerThread]:
     server = ServerThread(config)
     try:
-        if wait:
-            server.wait_loaded()
-            if not server.server.state.ready:
-                raise RuntimeError(f"server did not load: {server.server.state.load_error}")
+        server.wait_loaded()
+        if require_ready and not server.server.state.ready:
+            raise RuntimeError(f"server did not load: {server.server.state.load_error}")
         yield server
     finally:
         server.stop()
 
 
-def start_subprocess(env_overrides: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    """`python -m service serve` on a free port; return (process, port)."""
+def start_subprocess(env_overrides: dict[str, str], log_file: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m service serve` on a free port, logging to `log_file`; return (process, port)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WACHT_")}
     env.update(
         {
             "WACHT_ADDRESS": f"127.0.0.1:{port}",
             "WACHT_METRICS_PORT": "0",
+            "WACHT_MODELS": str(DEFAULT_MODEL),
             "WACHT_LOG__LEVEL": "info",
             **env_overrides,
         }
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return process, port
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from service.api import errors
-from service.batching.batcher import DeadlineExceeded, QueueFull
+from service.batching.batcher import BatcherClosed, DeadlineExceeded, QueueFull
 from service.moderation.moderator import InvalidArgument
 from service.observability.logging import bind_request, clear_request, get_logger
 from service.runtime.engine import TextTooLong
@@ -48,6 +48,8 @@ def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
         )
     if isinstance(exc, DeadlineExceeded):
         return errors.deadline_exceeded()
+    if isinstance(exc, BatcherClosed):
+        return errors.unavailable("the server is shutting down")
     if isinstance(exc, TextTooLong):
         return errors.invalid_argument(
             [

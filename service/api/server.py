@@ -62,6 +62,7 @@ class WachtServer:
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes()),
                 ("grpc.so_reuseport", 0),
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         self.server = server
