@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--watch", action="store_true", help="print every status change")
 
     models = sub.add_parser("models", help="served models; model factory commands")
-    client_args(models)
     msub = models.add_subparsers(dest="models_command", required=True)
-    msub.add_parser("list", help="list served models")
+    client_args(msub.add_parser("list", help="list served models"))
     info = msub.add_parser("info", help="one model's card, limits, checksums")
+    client_args(info)
     info.add_argument("name", nargs="?", default="")
     for name in MODEL_FACTORY_COMMANDS:
         msub.add_parser(name, help=f"model factory: {name} (see models.cli)", add_help=False)

@@ -66,7 +66,9 @@ class ServerThread:
 
     def __init__(self, config: Any, load_models: bool = True) -> None:
         from service.api.server import WachtServer
+        from service.observability.logging import configure_logging
 
+        configure_logging("info", "json")  # to stderr, so stdout stays clean for CLI tests
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -169,7 +169,8 @@ def test_batches_form_under_concurrent_load(
     assert (batches - batches_before) - (singles - singles_before) > 0, "no batch of 2+ formed"
     assert metric_value(text, "wacht_requests_total", method="Moderate", code="OK") >= 96
     assert metric_value(text, "wacht_request_duration_seconds_count", method="Moderate") >= 96
-    assert metric_value(text, "wacht_model_info", name="minilm-moderation") == 1
+    model = wacht_server.server.state.default_model
+    assert metric_value(text, "wacht_model_info", name=model, default="true") == 1
 
 
 def test_overload_gives_resource_exhausted_and_recovers() -> None:
