@@ -40,6 +40,8 @@ class SpanConfig:
     min_drop: float = 0.01  # minimum probability drop for a span to be reported
     phrase_gain: float = 0.5  # logit drop a phrase must add over its best word to win
     coarse_share: float = 0.67  # of the budget, for the coarse stage on long texts
+    segment_units: int = 96  # words per segment of a text longer than that (~1 window)
+    segment_overlap: int = 8
 
 
 def _is_cjk(cp: int) -> bool:
@@ -193,14 +195,76 @@ async def find_spans(
     """Spans of `text` driving each category in `base` (category -> score of the whole text).
 
     Returns the spans (per category best first, categories in `base` order) and how many masked
-    variants were scored.
+    variants were scored. A text longer than `segment_units` words (several model windows) is
+    cut into overlapping segments, each scored alone; occlusion then runs inside the segment
+    that scores highest for a category, so no variant costs more than about one window.
     """
     units = word_units(text)
     if not units or not base:
         return [], 0
+    offsets = byte_offsets(text)
+    if len(units) <= config.segment_units:
+        found, variants = await _occlude(text, units, base, rescore, config, config.max_variants)
+        return _outcomes(text, offsets, found, 0, base), variants
+    step = config.segment_units - config.segment_overlap
+    bounds = [
+        (first, min(len(units), first + config.segment_units))
+        for first in range(0, len(units) - config.segment_overlap, step)
+    ]
+    pieces = [text[units[a].begin:units[b - 1].end] for a, b in bounds]
+    scores = await rescore(pieces)
+    variants = len(pieces)
+    groups: dict[int, dict[str, float]] = {}
+    for category in base:
+        best = max(range(len(pieces)), key=lambda i, c=category: scores[i][c])
+        groups.setdefault(best, {})[category] = scores[best][category]
+    budget = max(len(groups), config.max_variants - variants) // len(groups)
+    found: list[tuple[str, int, int, float]] = []
+    for index, categories in groups.items():
+        piece = pieces[index]
+        shift = units[bounds[index][0]].begin
+        local, used = await _occlude(
+            piece, word_units(piece), categories, rescore, config, max(1, budget)
+        )
+        variants += used
+        found.extend((c, b + shift, e + shift, d) for c, b, e, d in local)
+    return _outcomes(text, offsets, found, 0, base), variants
+
+
+def _outcomes(
+    text: str,
+    offsets: list[int],
+    found: list[tuple[str, int, int, float]],
+    shift: int,
+    base: dict[str, float],
+) -> list[SpanOutcome]:
+    order = {category: i for i, category in enumerate(base)}
+    ranked = sorted(enumerate(found), key=lambda item: (order[item[1][0]], item[0]))
+    return [
+        SpanOutcome(
+            category=category,
+            begin=begin + shift,
+            end=end + shift,
+            byte_begin=offsets[begin + shift],
+            byte_end=offsets[end + shift],
+            score=round(drop, 6),
+            text=text[begin + shift:end + shift],
+        )
+        for _, (category, begin, end, drop) in ranked
+    ]
+
+
+async def _occlude(
+    text: str,
+    units: list[Unit],
+    base: dict[str, float],
+    rescore: Rescore,
+    config: SpanConfig,
+    budget: int,
+) -> tuple[list[tuple[str, int, int, float]], int]:
+    """(category, begin, end, drop) per span, best first per category; variants scored."""
     n = len(units)
     measured: dict[_Candidate, dict[str, float]] = {}
-    budget = config.max_variants
     fine = _fine_candidates(0, n, config.max_phrase, budget)
     if len(fine) >= n:
         candidates = fine
@@ -209,7 +273,7 @@ async def find_spans(
         chunks = _chunks(n, coarse_budget)
         scores = await rescore([_masked(text, units, c) for c in chunks])
         measured.update(zip(chunks, scores, strict=True))
-        budget -= len(chunks)
+        budget = max(0, budget - len(chunks))
         focus: list[_Candidate] = []
         for category in base:
             best = max(chunks, key=lambda c, cat=category: base[cat] - measured[c][cat])
@@ -225,24 +289,11 @@ async def find_spans(
     if candidates:
         scores = await rescore([_masked(text, units, c) for c in candidates])
         measured.update(zip(candidates, scores, strict=True))
-    offsets = byte_offsets(text)
-    spans: list[SpanOutcome] = []
+    found = []
     for category, score in base.items():
-        chosen = _select(measured, category, score, config)
-        for cand, drop in chosen:
-            begin, end = units[cand.first].begin, units[cand.last - 1].end
-            spans.append(
-                SpanOutcome(
-                    category=category,
-                    begin=begin,
-                    end=end,
-                    byte_begin=offsets[begin],
-                    byte_end=offsets[end],
-                    score=round(drop, 6),
-                    text=text[begin:end],
-                )
-            )
-    return spans, len(measured)
+        for cand, drop in _select(measured, category, score, config):
+            found.append((category, units[cand.first].begin, units[cand.last - 1].end, drop))
+    return found, len(measured)
 
 
 def _select(
