@@ -348,8 +348,10 @@ def _select(
     out = []
     for cand in merged:
         parts = [c for c in chosen if cand.first <= c.first and c.last <= cand.last]
-        drop = prob_drop.get(cand, max(prob_drop[c] for c in parts))
-        rank = logit_drop.get(cand, max(logit_drop[c] for c in parts))
+        # A merged phrase scores at least as much as its best part (masking the whole phrase
+        # can drop less than masking a part when the model reads the rest differently).
+        drop = max([prob_drop.get(cand, 0.0)] + [prob_drop[c] for c in parts])
+        rank = max([logit_drop.get(cand, 0.0)] + [logit_drop[c] for c in parts])
         out.append((cand, max(0.0, drop), rank))
     out.sort(key=lambda item: item[2], reverse=True)
     return [(cand, drop) for cand, drop, _ in out]
