@@ -205,3 +205,10 @@ async def test_explain_stream_allowed_text_has_no_generation():
     events = [e async for e in moderator(generator).explain_stream("hello", ModerateOptions())]
     assert len(events) == 2 and isinstance(events[1], ExplanationOutcome)
     assert generator.calls == [] and events[1].text.startswith("Allowed")
+
+
+async def test_evidence_without_toxicity_analysis_says_nothing_was_checked():
+    opts = ModerateOptions(explanation="evidence", toxicity=False)
+    [outcome], _, _ = await moderator().moderate([TEXT], opts)
+    assert outcome.decision == "allow" and outcome.explanation is not None
+    assert outcome.explanation.text == "Allowed: no category was checked."

@@ -86,10 +86,9 @@ def evidence_sentence(
     """One deterministic sentence saying why."""
     head = DECISION_WORDS.get(decision, decision.capitalize())
     if not reasons:
-        enabled = [c for c in categories if c.review_threshold <= 1.0]
-        if not enabled:
+        if not categories:
             return f"{head}: no category was checked."
-        top = max(enabled, key=lambda c: c.score)
+        top = max(categories, key=lambda c: c.score)
         return (
             f"{head}: no category reached its review threshold "
             f"(highest: {_human(top.category)} {top.score:.2f}, review at "
