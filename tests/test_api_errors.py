@@ -126,6 +126,23 @@ def test_invalid_utf8_is_invalid_argument(client: WachtClient) -> None:
     assert client.moderate(["still fine"]).results[0].id == "0"
 
 
+def test_invalid_utf8_in_a_stream_is_reported_in_its_response(client: WachtClient) -> None:
+    good = moderation_pb2.ModerateStreamRequest(
+        message_id="ok", request=moderate_request(["fine"])
+    ).SerializeToString()
+    text_input = b"\x0a\x010" + b"\x12\x02\xff\xfe"
+    request = b"\x0a" + bytes([len(text_input)]) + text_input
+    bad = b"\x12" + bytes([len(request)]) + request  # ModerateStreamRequest.request
+    call = client.channel.stream_stream(
+        "/wacht.v1.Moderation/ModerateStream",
+        request_serializer=lambda b: b,
+        response_deserializer=moderation_pb2.ModerateStreamResponse.FromString,
+    )
+    replies = list(call(iter([good, bad, good]), timeout=30))
+    assert [r.WhichOneof("outcome") for r in replies] == ["response", "error", "response"]
+    assert replies[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
 def test_deadline_exceeded(client: WachtClient) -> None:
     texts = [
         f"text number {i} about a long walk in the park and many other things" for i in range(256)

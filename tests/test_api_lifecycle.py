@@ -106,10 +106,13 @@ def test_broken_model_keeps_not_serving(tmp_path: Path, kind: str) -> None:
             assert c.health() == NOT_SERVING
 
 
-def test_sigterm_drains_in_flight_and_refuses_new_calls(tmp_path: Path) -> None:
+def test_sighup_reloads_policies_and_sigterm_drains(tmp_path: Path) -> None:
     require_model()
     log_file = tmp_path / "server.log"
-    process, port = start_subprocess({"WACHT_SHUTDOWN_GRACE_S": "20"}, log_file)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    env = {"WACHT_SHUTDOWN_GRACE_S": "20", "WACHT_POLICIES_DIR": str(policies)}
+    process, port = start_subprocess(env, log_file)
     address = f"127.0.0.1:{port}"
     try:
         statuses: list[int] = []
@@ -120,6 +123,11 @@ def test_sigterm_drains_in_flight_and_refuses_new_calls(tmp_path: Path) -> None:
             watcher.start()
             wait_for(lambda: SERVING in statuses, 90)
             assert statuses[0] in (NOT_SERVING, SERVING)
+            assert [p.name for p in c.list_policies().policies] == ["default"]
+            (policies / "strict.yaml").write_text("categories: {insult: {review: 0.1}}\n")
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(c.list_policies().policies) == 2, 10)
+            assert c.moderate(["hello"], policy="strict").policy == "strict"
             texts = [SENTENCE.format(i) for i in range(256)]
             with ThreadPoolExecutor(1) as pool:
                 in_flight = pool.submit(c.moderate, texts)

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from service.api.calls import Call, CallRunner, to_api_error
+from service.api.handlers import Undecodable
 from service.api.state import ServedModel, ServingState
 from service.api.validation import Violations, check_texts, moderate_options
 from service.moderation.moderator import ExplanationOutcome, TextOutcome
@@ -163,6 +164,10 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
     async def _stream_one(
         self, sequence: int, message: moderation_pb2.ModerateStreamRequest, call: Call
     ) -> moderation_pb2.ModerateStreamResponse:
+        if isinstance(message, Undecodable):
+            reply = moderation_pb2.ModerateStreamResponse(sequence=sequence)
+            reply.error.CopyFrom(message.error().to_status_proto())
+            return reply
         reply = moderation_pb2.ModerateStreamResponse(
             message_id=message.message_id, sequence=sequence
         )

@@ -212,12 +212,10 @@ class WachtServer:
             return None
 
     def reload_policies(self) -> None:
+        """SIGHUP: re-read the policy files (each store logs what it loaded or kept)."""
+        log.info("reloading policies")
         for served in self.state.models.values():
-            problems = served.policies.reload()
-            if problems:
-                log.error("policy reload failed; keeping the old policies", errors=problems)
-            else:
-                log.info("policies reloaded", model=served.name, policies=served.policies.names())
+            served.policies.reload()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then stop."""
