@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 import pytest
+from api_support import ServerThread, metric_value, wait_for
 from google.rpc import error_details_pb2
 
 from service.client import WachtClient, error_details, moderate_request
@@ -143,11 +144,19 @@ def test_invalid_utf8_in_a_stream_is_reported_in_its_response(client: WachtClien
     assert replies[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-def test_deadline_exceeded(client: WachtClient) -> None:
-    texts = [
-        f"text number {i} about a long walk in the park and many other things" for i in range(256)
-    ]
+def test_deadline_exceeded(client: WachtClient, wacht_server: ServerThread) -> None:
+    def counted() -> tuple[float, float]:
+        text = wacht_server.metrics_text()
+        return (
+            metric_value(text, "wacht_requests_total", method="Moderate", code="DEADLINE_EXCEEDED"),
+            metric_value(text, "wacht_dropped_texts_total"),
+        )
+
+    expired_before, dropped_before = counted()
+    texts = [f"text number {i} about a long walk in the park and other things" for i in range(256)]
     with pytest.raises(grpc.RpcError) as caught:
-        client.moderate(texts, timeout=0.01)
+        client.moderate(texts, timeout=0.05)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: counted()[0] > expired_before, 10)  # the server saw it too
+    wait_for(lambda: counted()[1] > dropped_before, 10)  # and dropped the queued work
     assert client.moderate(["after the deadline"], timeout=30).results[0].id == "0"

@@ -64,6 +64,13 @@ def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
     return errors.internal()
 
 
+def _cancel_code(call: Call | None) -> grpc.StatusCode:
+    """grpc cancels the handler both when the client goes away and when the deadline passes."""
+    if call is not None and call.deadline is not None and time.monotonic() >= call.deadline:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
@@ -120,7 +127,7 @@ class CallRunner:
                 call = self._begin(method, context, needs_models)
                 return await body(call)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                code = _cancel_code(call)
                 raise
             except Exception as exc:
                 error = to_api_error(exc)
@@ -151,7 +158,7 @@ class CallRunner:
                     bind_request(call.request_id, method)
                 return
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                code = _cancel_code(call)
                 raise
             except Exception as exc:
                 error = to_api_error(exc)
