@@ -24,7 +24,9 @@ MODEL_FACTORY_COMMANDS = ("import", "eval", "build", "export-hf")
 def _print(message: Any) -> None:
     from google.protobuf.json_format import MessageToDict
 
-    data = MessageToDict(message, preserving_proto_field_name=True)
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -40,7 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format, config.log.raw_text)
     from service.api.server import serve
 
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"wacht: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -81,7 +81,10 @@ class WachtServer:
         reflection.enable_server_reflection(
             (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(self.config.address)
+        try:
+            self.port = server.add_insecure_port(self.config.address)
+        except RuntimeError as exc:  # grpc raises RuntimeError when the bind fails
+            raise OSError(f"cannot listen on {self.config.address}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")
         await server.start()
