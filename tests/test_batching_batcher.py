@@ -1,0 +1,410 @@
+"""Batcher logic with a fake engine (and a fake clock where time matters)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching.batcher import (
+    Batcher,
+    BatcherClosed,
+    BatchingConfig,
+    DeadlineExceeded,
+    QueueFull,
+)
+from service.runtime.engine import EncodedText, TextScores, TextTooLong
+
+FAIL = 666  # a window holding this id makes the fake model raise
+
+
+class FakeEngine:
+    """Texts are space-separated integers; '|' starts a new window. A window is its ids
+    between 1 and 2 (the 'specials'); its logit is the sum of its ids. Ids >= 700 block
+    the forward that holds them until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[int]]] = []
+        self.gates: dict[int, threading.Event] = {}
+        self.started: set[int] = set()
+        self.lock = threading.Lock()
+
+    def gate(self, token: int) -> threading.Event:
+        self.gates[token] = threading.Event()
+        return self.gates[token]
+
+    def encode(self, texts, truncation="window", max_windows=16):
+        out = []
+        for index, text in enumerate(texts):
+            if text == "too long":
+                raise TextTooLong(index, 999, 10)
+            parts = [[int(t) for t in part.split()] for part in text.split("|")]
+            windows = [[1, *ids, 2] for ids in parts]
+            out.append(EncodedText(windows=windows, tokens=sum(len(p) for p in parts)))
+        return out
+
+    def forward(self, windows, outputs=None):
+        with self.lock:
+            self.calls.append([list(w) for w in windows])
+        for w in windows:
+            for token in w:
+                if token in self.gates:
+                    self.started.add(token)
+                    assert self.gates[token].wait(10), "test forgot to release a gate"
+        if any(FAIL in w for w in windows):
+            raise RuntimeError("model exploded")
+        return {"out": np.array([[float(sum(w))] for w in windows], dtype=np.float32)}
+
+    def scores_from_logits(self, encoded, logits):
+        out, row = [], 0
+        for e in encoded:
+            n = len(e.windows)
+            total = logits["out"][row : row + n, 0].sum()
+            out.append(TextScores(scores={"sum": np.array([total])}, tokens=e.tokens, windows=n))
+            row += n
+        return out
+
+    def forwarded(self, token: int) -> bool:
+        with self.lock:
+            return any(token in w for call in self.calls for w in call)
+
+    def batch_lengths(self) -> list[list[int]]:
+        with self.lock:
+            return [[len(w) for w in call] for call in self.calls]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int, int]] = []
+        self.depths: list[int] = []
+        self.drops: list[tuple[str, int]] = []
+
+    def batch_done(self, size, tokens, padded_tokens, inference_s):
+        self.batches.append((size, tokens, padded_tokens))
+
+    def queue_depth(self, texts):
+        self.depths.append(texts)
+
+    def dropped(self, reason, count):
+        self.drops.append((reason, count))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+BIG = 10**9
+
+
+def config(**overrides) -> BatchingConfig:
+    base = dict(
+        max_batch_tokens=BIG,
+        max_batch_size=BIG,
+        max_queue_delay_ms=0,
+        max_queue_texts=1000,
+        micro_batch_tokens=BIG,
+        micro_batch_size=BIG,
+    )
+    base.update(overrides)
+    return BatchingConfig(**base)
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.002)
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+async def started(engine: FakeEngine, cfg: BatchingConfig, recorder: Recorder, clock=None):
+    batcher = Batcher(engine, cfg, recorder, **({"clock": clock} if clock else {}))
+    await batcher.start()
+    return batcher
+
+
+async def block_engine(batcher: Batcher, engine: FakeEngine, token: int = 700):
+    """Occupy the (single) inference thread until the returned event is set."""
+    gate = engine.gate(token)
+    task = asyncio.create_task(batcher.score([str(token)]))
+    await until(lambda: token in engine.started)
+    return gate, task
+
+
+def total(scores: list[TextScores]) -> list[float]:
+    return [float(s.scores["sum"][0]) for s in scores]
+
+
+async def test_scores_come_back_to_their_callers_in_order(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    calls = [batcher.score(["5 5", "7 | 8"]), batcher.score(["10"]), batcher.score(["20 1"])]
+    tasks = [asyncio.create_task(c) for c in calls]
+    await until(lambda: batcher.queue_texts == 5)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    # each window sums its ids plus the specials 1 and 2
+    assert total(results[0][0]) == [13.0, 7 + 3 + 8 + 3]
+    assert total(results[1][0]) == [13.0]
+    assert total(results[2][0]) == [24.0]
+    assert [s.windows for s in results[0][0]] == [1, 2]
+    assert results[0][1].tokens == 4
+    # the three requests queued behind the blocker were served by one forward
+    assert engine.batch_lengths()[1] == sorted([4, 3, 3, 3, 4])
+    await batcher.stop()
+    assert batcher.queue_texts == 0
+
+
+async def test_batch_closes_on_padded_token_budget(engine, recorder):
+    batcher = await started(engine, config(max_batch_tokens=20), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    # lengths with specials: 3, 10, 3, 3 -> [3, 10] costs 10*2 = 20; adding 3 costs 30 > 20
+    texts = ["1", "1 2 3 4 5 6 7 8", "1", "1"]
+    tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
+    await until(lambda: batcher.queue_texts == 5)
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert engine.batch_lengths()[1:] == [[3, 10], [3, 3]]
+    assert recorder.batches[1] == (2, 13, 20)
+    await batcher.stop()
+
+
+async def test_batch_closes_on_size(engine, recorder):
+    batcher = await started(engine, config(max_batch_size=3), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    tasks = [asyncio.create_task(batcher.score([str(i)])) for i in range(7)]
+    await until(lambda: batcher.queue_texts == 8)
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert [len(b) for b in engine.batch_lengths()[1:]] == [3, 3, 1]
+    await batcher.stop()
+
+
+async def test_idle_engine_dispatches_without_waiting_for_the_delay(engine, recorder):
+    clock = FakeClock()  # frozen: a delay measured on it would never pass
+    batcher = await started(engine, config(max_queue_delay_ms=60_000), recorder, clock)
+    scores, _ = await asyncio.wait_for(batcher.score(["3"]), 5)
+    assert total(scores) == [6.0]
+    await batcher.stop()
+
+
+async def test_free_thread_waits_for_the_delay_while_another_batch_runs(engine, recorder):
+    clock = FakeClock()
+    cfg = config(max_queue_delay_ms=100, inference_threads=2)
+    batcher = await started(engine, cfg, recorder, clock)
+    gate, blocker = await block_engine(batcher, engine)
+    waiting = asyncio.create_task(batcher.score(["42"]))
+    await asyncio.sleep(0.3)  # real time passes, the fake clock does not
+    assert not engine.forwarded(42)
+    clock.now += 0.2
+    await asyncio.wait_for(waiting, 5)
+    assert not blocker.done()  # it ran on the second thread, beside the blocked batch
+    gate.set()
+    await blocker
+    await batcher.stop()
+
+
+async def test_full_batch_does_not_wait_for_the_delay(engine, recorder):
+    clock = FakeClock()
+    cfg = config(max_queue_delay_ms=60_000, inference_threads=2, max_batch_size=2)
+    batcher = await started(engine, cfg, recorder, clock)
+    gate, blocker = await block_engine(batcher, engine)
+    tasks = [asyncio.create_task(batcher.score([str(i)])) for i in (41, 42, 43)]
+    await until(lambda: engine.forwarded(41) and engine.forwarded(42))
+    assert [len(b) for b in engine.batch_lengths()[1:]] == [2]
+    gate.set()
+    clock.now += 61  # let the leftover single window go
+    await asyncio.wait_for(asyncio.gather(blocker, *tasks), 5)
+    await batcher.stop()
+
+
+async def test_windows_are_length_sorted_into_micro_batches(engine, recorder):
+    batcher = await started(engine, config(micro_batch_size=2), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    texts = ["1 2 3 4 5 6 7 8", "1", "1 2 3 4 5 6 7", "1 2"]  # lengths 10, 3, 9, 4
+    tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
+    await until(lambda: batcher.queue_texts == 5)
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert engine.batch_lengths()[1:] == [[3, 4], [9, 10]]
+    assert [b[2] for b in recorder.batches[1:]] == [8, 20]  # padded cost per micro-batch
+    await batcher.stop()
+
+
+async def test_micro_batch_token_budget_limits_padding(engine, recorder):
+    batcher = await started(engine, config(micro_batch_tokens=12), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    texts = ["1", "1", "1", "1 2 3 4 5 6 7 8"]  # 3, 3, 3, 10
+    tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
+    await until(lambda: batcher.queue_texts == 5)
+    gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert engine.batch_lengths()[1:] == [[3, 3, 3], [10]]
+    await batcher.stop()
+
+
+async def test_deadline_passed_in_queue_is_dropped_before_inference(engine, recorder):
+    clock = FakeClock()
+    batcher = await started(engine, config(), recorder, clock)
+    gate, blocker = await block_engine(batcher, engine)
+    late = asyncio.create_task(batcher.score(["55", "56"], deadline=clock.now + 5))
+    on_time = asyncio.create_task(batcher.score(["57"], deadline=clock.now + 50))
+    await until(lambda: batcher.queue_texts == 4)
+    clock.now += 10
+    gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert total((await on_time)[0]) == [60.0]
+    await blocker
+    assert not engine.forwarded(55) and not engine.forwarded(56)
+    assert recorder.drops == [("deadline", 2)]
+    assert batcher.queue_texts == 0
+    await batcher.stop()
+
+
+async def test_deadline_already_passed_is_refused_at_admission(engine, recorder):
+    clock = FakeClock()
+    batcher = await started(engine, config(), recorder, clock)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.score(["1"], deadline=clock.now - 1)
+    assert engine.calls == [] and batcher.queue_texts == 0
+    await batcher.stop()
+
+
+async def test_cancelled_caller_is_dropped_before_inference(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    gone = asyncio.create_task(batcher.score(["77", "78", "79"]))
+    stays = asyncio.create_task(batcher.score(["80"]))
+    await until(lambda: batcher.queue_texts == 5)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert batcher.queue_texts == 2
+    gate.set()
+    assert total((await stays)[0]) == [83.0]
+    await blocker
+    assert not any(engine.forwarded(t) for t in (77, 78, 79))
+    assert recorder.drops == [("cancelled", 3)]
+    await batcher.stop()
+
+
+async def test_cancelled_windows_inside_a_running_batch_are_skipped(engine, recorder):
+    batcher = await started(engine, config(micro_batch_size=1), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    second_gate = engine.gate(701)
+    first = asyncio.create_task(batcher.score(["701"]))  # shorter: its micro-batch runs first
+    gone = asyncio.create_task(batcher.score(["90 91 92"]))
+    await until(lambda: batcher.queue_texts == 3)
+    gate.set()
+    await until(lambda: 701 in engine.started)  # the batch [701 | 90 91 92] is running
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    second_gate.set()
+    await asyncio.gather(blocker, first)
+    assert not engine.forwarded(90)
+    assert ("cancelled", 1) in recorder.drops
+    await batcher.stop()
+
+
+async def test_queue_full_at_admission_then_recovers(engine, recorder):
+    batcher = await started(engine, config(max_queue_texts=4), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    queued = asyncio.create_task(batcher.score(["1", "2", "3"]))
+    await until(lambda: batcher.queue_texts == 4)
+    with pytest.raises(QueueFull) as full:
+        await batcher.score(["4"])
+    assert full.value.retry_after_s > 0
+    assert batcher.queue_texts == 4  # nothing of the refused call was admitted
+    gate.set()
+    await asyncio.gather(blocker, queued)
+    assert batcher.queue_texts == 0
+    scores, _ = await batcher.score(["4", "5", "6", "7"])
+    assert total(scores) == [7.0, 8.0, 9.0, 10.0]
+    await batcher.stop()
+
+
+async def test_call_larger_than_the_queue_is_refused_all_or_nothing(engine, recorder):
+    batcher = await started(engine, config(max_queue_texts=2), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    with pytest.raises(QueueFull):
+        await batcher.score(["1", "2"])  # 1 slot left, 2 asked: none admitted
+    with pytest.raises(ValueError):
+        await batcher.score(["1", "2", "3"])  # could never fit
+    assert batcher.queue_texts == 1
+    gate.set()
+    await blocker
+    await batcher.stop()
+
+
+async def test_engine_error_reaches_only_the_affected_callers(engine, recorder):
+    batcher = await started(engine, config(micro_batch_size=1), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    ok1 = asyncio.create_task(batcher.score(["1"]))
+    bad = asyncio.create_task(batcher.score(["3", f"{FAIL} 1"]))
+    ok2 = asyncio.create_task(batcher.score(["2 2 2"]))
+    await until(lambda: batcher.queue_texts == 5)
+    gate.set()
+    with pytest.raises(RuntimeError, match="model exploded"):
+        await bad
+    assert total((await ok1)[0]) == [4.0]
+    assert total((await ok2)[0]) == [9.0]
+    await blocker
+    assert batcher.queue_texts == 0
+    scores, _ = await batcher.score(["5"])  # the batcher lives on
+    assert total(scores) == [8.0]
+    await batcher.stop()
+
+
+async def test_text_too_long_from_tokenisation_is_raised_and_released(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    with pytest.raises(TextTooLong) as err:
+        await batcher.score(["too long"], truncation="reject")
+    assert err.value.index == 0
+    assert batcher.queue_texts == 0
+    await batcher.stop()
+
+
+async def test_stop_drains_queued_work_and_refuses_new(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    queued = [asyncio.create_task(batcher.score([str(i)])) for i in (11, 12)]
+    await until(lambda: batcher.queue_texts == 3)
+    stopping = asyncio.create_task(batcher.stop())
+    await asyncio.sleep(0.02)
+    assert not stopping.done()
+    with pytest.raises(BatcherClosed):
+        await batcher.score(["1"])
+    gate.set()
+    await asyncio.wait_for(stopping, 5)
+    assert all(t.done() for t in queued)
+    assert [total((await t)[0]) for t in queued] == [[14.0], [15.0]]
+    await blocker
+
+
+async def test_event_loop_keeps_accepting_while_inference_runs(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    gate, blocker = await block_engine(batcher, engine)
+    more = asyncio.create_task(batcher.score(["9"]))
+    await until(lambda: batcher.queue_texts == 2)  # admitted while the forward is blocked
+    assert recorder.depths[-1] == 2
+    gate.set()
+    await asyncio.gather(blocker, more)
+    await batcher.stop()

@@ -1,0 +1,58 @@
+"""WindowQueue: arrival order, padded-cost batches, discarding dead requests."""
+
+from __future__ import annotations
+
+from service.batching.queue import QueuedWindow, WindowQueue
+
+
+def queue_of(*lengths: int, owner: object = "r") -> WindowQueue:
+    queue = WindowQueue()
+    queue.push([QueuedWindow(owner, i, n, float(i)) for i, n in enumerate(lengths)])
+    return queue
+
+
+def keep_all(item: QueuedWindow) -> bool:
+    return True
+
+
+def test_take_stops_before_padded_cost_exceeds_budget():
+    queue = queue_of(3, 10, 3, 3)
+    assert [w.length for w in queue.take(20, 99, keep_all)] == [3, 10]  # 10*3 = 30 > 20
+    assert [w.length for w in queue.take(20, 99, keep_all)] == [3, 3]
+    assert len(queue) == 0
+
+
+def test_take_respects_size_and_keeps_arrival_order():
+    queue = queue_of(5, 1, 4, 2)
+    assert [w.index for w in queue.take(10**6, 3, keep_all)] == [0, 1, 2]
+    assert queue.oldest == 3.0
+
+
+def test_window_over_budget_alone_still_goes():
+    queue = queue_of(300, 2)
+    assert [w.length for w in queue.take(256, 99, keep_all)] == [300]
+
+
+def test_take_discards_windows_that_are_not_kept():
+    dead, live = object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(dead, 0, 5, 0.0), QueuedWindow(live, 0, 5, 0.0)])
+    queue.push([QueuedWindow(dead, 1, 5, 0.0)])
+    batch = queue.take(100, 99, lambda w: w.request is live)
+    assert [w.request for w in batch] == [live]
+    assert len(queue) == 0
+
+
+def test_discard_removes_every_window_of_a_request():
+    a, b = object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(a, 0, 1, 0.0), QueuedWindow(b, 0, 1, 0.0), QueuedWindow(a, 1, 1, 0.0)])
+    assert queue.discard(a) == 2
+    assert [w.request for w in queue] == [b]
+
+
+def test_batch_ready_when_more_than_one_batch_is_queued():
+    assert not queue_of(3, 3).batch_ready(10, 99)
+    assert queue_of(3, 3, 5).batch_ready(10, 99)  # 5*3 = 15 > 10
+    assert queue_of(1, 1, 1).batch_ready(100, 2)
+    assert not queue_of(50).batch_ready(10, 99)  # a single window is never "more than full"
