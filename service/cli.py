@@ -91,7 +91,7 @@ def _health(args: argparse.Namespace) -> int:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name
     with WachtClient(args.address, timeout=args.timeout) as client:
         if args.watch:
-            for status in client.watch_health(args.service, timeout=None):
+            for status in client.watch_health(args.service, timeout=None, wait_for_ready=True):
                 print(name(status), flush=True)
             return 0
         status = client.health(args.service)

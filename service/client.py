@@ -251,10 +251,15 @@ class WachtClient:
         )
         return reply.status
 
-    def watch_health(self, service: str = "", *, timeout: float | None = None) -> Iterator[int]:
-        """Statuses of `service` as they change (first the current one)."""
+    def watch_health(
+        self, service: str = "", *, timeout: float | None = None, wait_for_ready: bool = False
+    ) -> Iterator[int]:
+        """Statuses of `service` as they change (first the current one). `wait_for_ready`:
+        wait for the server to come up instead of failing with UNAVAILABLE."""
         for reply in self.health_stub.Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
         ):
             yield reply.status
 
@@ -361,9 +366,11 @@ class AsyncWachtClient:
         return reply.status
 
     async def watch_health(
-        self, service: str = "", *, timeout: float | None = None
+        self, service: str = "", *, timeout: float | None = None, wait_for_ready: bool = False
     ) -> AsyncIterator[int]:
         async for reply in self.health_stub.Watch(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            health_pb2.HealthCheckRequest(service=service),
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
         ):
             yield reply.status
