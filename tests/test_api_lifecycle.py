@@ -111,7 +111,11 @@ def test_sighup_reloads_policies_and_sigterm_drains(tmp_path: Path) -> None:
     log_file = tmp_path / "server.log"
     policies = tmp_path / "policies"
     policies.mkdir()
-    env = {"WACHT_SHUTDOWN_GRACE_S": "20", "WACHT_POLICIES_DIR": str(policies)}
+    env = {
+        "WACHT_SHUTDOWN_GRACE_S": "20",
+        "WACHT_POLICIES_DIR": str(policies),
+        "WACHT_LOG__LEVEL": "debug",  # per-call lines, which must still hold no raw text
+    }
     process, port = start_subprocess(env, log_file)
     address = f"127.0.0.1:{port}"
     try:
@@ -145,6 +149,7 @@ def test_sighup_reloads_policies_and_sigterm_drains(tmp_path: Path) -> None:
         watcher.join(10)
         log = log_file.read_text()
         assert '"draining"' in log and '"stopped"' in log
+        assert '"sha256"' in log and "walk in the park" not in log
     finally:
         if process.poll() is None:
             process.kill()

@@ -46,6 +46,15 @@ def test_moderate_two_texts(client: WachtClient) -> None:
     assert timings.tokens >= benign.tokens + toxic.tokens
 
 
+def test_client_request_id_is_used(client: WachtClient) -> None:
+    request = moderation_pb2.ModerateRequest(texts=[common_pb2.TextInput(text="hi")])
+    response, call = client.moderation.Moderate.with_call(
+        request, metadata=[("x-request-id", "req-42")], timeout=30
+    )
+    assert response.request_id == "req-42"
+    assert ("x-request-id", "req-42") in call.trailing_metadata()
+
+
 def test_empty_ids_become_indices(client: WachtClient) -> None:
     request = moderation_pb2.ModerateRequest(
         texts=[common_pb2.TextInput(text="one"), common_pb2.TextInput(id="x", text="two")]
