@@ -1,0 +1,166 @@
+"""Tables (markdown), summary JSON and PNGs from the raw records of run.py (bench/.venv-bench).
+
+Every figure is the median over repeats; every ratio is taken within one repeat (stack / Wacht,
+same workload, same point) and then the median of those ratios is quoted, because speeds on a
+shared machine drift between runs minutes apart.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+    """One row per (workload, texts_per_call, mode, level, stack)."""
+    by_point: dict[tuple, list[dict]] = defaultdict(list)
+    for rec in records:
+        if "point" not in rec:
+            continue
+        p = rec["point"]
+        key = (rec["workload"], p["texts_per_call"], p["mode"], p["level"], rec["stack"])
+        by_point[key].append(rec)
+    wacht = {(k[0], k[1], k[2], k[3], r["repeat"]): r for k, recs in by_point.items()
+             if k[4] == "wacht" for r in recs}
+    rows = []
+    for key, recs in sorted(by_point.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                               kv[0][3], kv[0][4])):
+        workload, per_call, mode, level, stack = key
+        ratios: dict[str, list[float]] = defaultdict(list)
+        for r in recs:
+            w = wacht.get((workload, per_call, mode, level, r["repeat"]))
+            if not w:
+                continue
+            for metric, field in (("texts_per_s", "texts_per_s"), ("p50_ms", "p50_ms"),
+                                  ("p99_ms", "p99_ms")):
+                a, b = r["point"][field], w["point"][field]
+                if a and b:
+                    ratios[metric].append(a / b)
+            if r.get("rss_peak") and w.get("rss_peak"):
+                ratios["rss"].append(r["rss_peak"] / w["rss_peak"])
+        errors: dict[str, int] = defaultdict(int)
+        for r in recs:
+            for kind, n in r["point"]["errors"].items():
+                errors[kind] += n
+        rows.append({
+            "workload": workload, "texts_per_call": per_call, "mode": mode, "level": level,
+            "stack": stack, "repeats": len(recs),
+            "texts_per_s": _median([r["point"]["texts_per_s"] for r in recs]),
+            "p50_ms": _median([r["point"]["p50_ms"] for r in recs]),
+            "p99_ms": _median([r["point"]["p99_ms"] for r in recs]),
+            "rss_mb": _median([r["rss_peak"] / MB if r.get("rss_peak") else None for r in recs]),
+            "errors": dict(errors),
+            "requests": sum(r["point"]["requests"] for r in recs),
+            "vs_wacht": {m: round(statistics.median(v), 3) for m, v in ratios.items()},
+        })
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
+    out = ["# Wacht vs peers: side-by-side results", "",
+           f"Run: {meta.get('started')} · repeats {meta.get('repeats')} · duration per point "
+           f"{meta.get('duration_s')} s · client CPUs {meta.get('client_cpus')} · server CPUs "
+           f"{meta.get('server_cpus')} · corpus {meta.get('corpus')}", "",
+           "Figures are medians over repeats; `×Wacht` columns are the median of same-repeat "
+           "ratios (throughput: higher is better for the stack; latency/RSS: lower is better "
+           "for the stack, so > 1 means Wacht is better). Errors are summed over repeats.", ""]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["workload"], row["texts_per_call"], row["mode"])].append(row)
+    for (workload, per_call, mode), group in groups.items():
+        level = "concurrency" if mode == "closed" else "offered calls/s"
+        out += [f"## {workload} · {per_call} text(s) per call · {mode} loop", "",
+                f"| {level} | stack | texts/s | ×Wacht | p50 ms | ×Wacht | p99 ms | ×Wacht | "
+                "peak RSS MB | ×Wacht | errors |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for row in group:
+            v = row["vs_wacht"]
+            errs = ", ".join(f"{k} {n}" for k, n in row["errors"].items() if n) or "0"
+            out.append(
+                f"| {row['level']:g} | {row['stack']} | {row['texts_per_s']} | "
+                f"{v.get('texts_per_s', '')} | {row['p50_ms']} | {v.get('p50_ms', '')} | "
+                f"{row['p99_ms']} | {v.get('p99_ms', '')} | {row['rss_mb']} | "
+                f"{v.get('rss', '')} | {errs} |")
+        out.append("")
+    if failures:
+        out += ["## Stacks that did not run", ""]
+        out += [f"- {f['stack']} ({f['workload']}, repeat {f['repeat']}): {f['why']}"
+                for f in failures]
+        out.append("")
+    return "\n".join(out)
+
+
+def plots(rows: list[dict], records: list[dict], out: Path,
+          cdf_concurrency: int = 16) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    closed = [r for r in rows if r["mode"] == "closed"]
+    panels = sorted({(r["workload"], r["texts_per_call"]) for r in closed})
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        for ax, (workload, per_call) in zip(axes[0], panels, strict=True):
+            for stack in sorted({r["stack"] for r in closed}):
+                pts = sorted((r["level"], r["texts_per_s"]) for r in closed
+                             if r["workload"] == workload and r["texts_per_call"] == per_call
+                             and r["stack"] == stack and r["texts_per_s"] is not None)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=stack)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency (closed loop)")
+            ax.set_ylabel("texts/s")
+            ax.set_title(f"{workload}, {per_call} text(s)/call")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out / "peers-throughput.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    cdf_recs = [r for r in records if "point" in r and r["point"]["mode"] == "closed"
+                and r["point"]["level"] == cdf_concurrency]
+    panels = sorted({(r["workload"], r["point"]["texts_per_call"]) for r in cdf_recs})
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        for ax, (workload, per_call) in zip(axes[0], panels, strict=True):
+            for stack in sorted({r["stack"] for r in cdf_recs}):
+                lat = sorted(x for r in cdf_recs if r["stack"] == stack
+                             and r["workload"] == workload
+                             and r["point"]["texts_per_call"] == per_call
+                             for x in r.get("latencies_ms", []))
+                if lat:
+                    ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=stack)
+            ax.set_xscale("log")
+            ax.set_xlabel("latency ms (all repeats pooled)")
+            ax.set_ylabel("fraction of calls")
+            ax.set_title(f"{workload}, {per_call} text(s)/call, concurrency {cdf_concurrency}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out / "peers-latency-cdf.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(raw: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(raw["records"])
+    summary = {"meta": raw["meta"], "failures": raw["failures"], "checks": raw.get("checks", {}),
+               "rows": rows}
+    (out / "peers.json").write_text(json.dumps(summary, indent=1))
+    (out / "peers.md").write_text(markdown(rows, raw["meta"], raw["failures"]))
+    return [out / "peers.json", out / "peers.md", *plots(rows, raw["records"], out)]
