@@ -116,7 +116,7 @@ class Engine:
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         verify: bool = True,
-        allow_spinning: bool = True,
+        allow_spinning: bool = False,
     ) -> Engine:
         """Verify the directory (SHA256SUMS), open the session and run a warm-up forward."""
         model_dir = load_model_dir(path, verify=verify)

@@ -24,7 +24,7 @@ class SessionSettings:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:<id>"
     intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
     inter_op_threads: int = 1
-    allow_spinning: bool = True  # busy-wait between ops; off saves CPU on a shared host
+    allow_spinning: bool = False  # busy-wait between ops; off saves CPU on a shared host
 
 
 def requested_providers(device: str) -> list[str | tuple[str, dict[str, str]]]:

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 
 Truncation = Literal["window", "head", "reject"]
 TRUNCATIONS: tuple[str, ...] = ("window", "head", "reject")
+SEQUENTIAL_UP_TO = 8  # texts; larger calls use the tokenizer's parallel encode_batch
 
 
 @dataclass
@@ -94,7 +95,10 @@ class WindowTokenizer:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, not {truncation!r}")
         if max_windows < 1:
             raise ValueError("max_windows must be at least 1")
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        if len(texts) <= SEQUENTIAL_UP_TO:  # rayon's thread pool costs more than it saves here
+            encodings = [self._tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        else:
+            encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         out: list[EncodedText] = []
         for index, encoding in enumerate(encodings):
             ids = encoding.ids
