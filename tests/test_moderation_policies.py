@@ -29,16 +29,33 @@ def test_builtin_default_from_manifest_thresholds():
     assert all(rule.enabled for rule in policy.rules.values())
 
 
-def test_shipped_policies_load_and_default_is_marked():
-    store = PolicyStore.load(REPO / "policies", THRESHOLDS)
+@pytest.mark.parametrize(
+    "thresholds", [THRESHOLDS, {"toxicity": 0.12, "hate": 0.9, "insult": 0.0, "profanity": 1.0}]
+)
+def test_shipped_policies_load_for_any_manifest_and_order_strictness(thresholds):
+    store = PolicyStore.load(REPO / "policies", thresholds)
     assert {"default", "strict", "lenient"} <= set(store.names())
     assert store.default_name == "default"
-    strict, lenient = store.get("strict"), store.get("lenient")
-    for category in THRESHOLDS:
-        assert strict.rules[category].review <= lenient.rules[category].review
-        rule = strict.rules[category]
-        assert 0 <= rule.review <= rule.block <= 1
+    default, strict, lenient = store.get(), store.get("strict"), store.get("lenient")
+    assert default.rules["hate"].review == thresholds["hate"]
+    for category in thresholds:
+        assert strict.rules[category].review <= default.rules[category].review
+        assert default.rules[category].review <= lenient.rules[category].review
+        for policy in (default, strict, lenient):
+            rule = policy.rules[category]
+            assert 0 <= rule.review <= rule.block <= 1
     assert not lenient.rules["profanity"].enabled
+
+
+def test_manifest_expressions(tmp_path):
+    write(tmp_path, "p.yaml", "default: true\ncategories:\n"
+          "  hate: {review: manifest * 0.5, block: manifest + 0.3}\n"
+          "  insult: {review: manifest - 0.2, block: manifest+0.9}\n"
+          "  toxicity: {review: manifest}\n")
+    rules = PolicyStore.load(tmp_path, THRESHOLDS).get().rules
+    assert (rules["hate"].review, rules["hate"].block) == (0.2, 0.7)
+    assert (rules["insult"].review, rules["insult"].block) == (0.3, 1.0)  # clamped to 1
+    assert rules["toxicity"].review == 0.5
 
 
 def test_file_fills_missing_keys_from_manifest(tmp_path):
@@ -59,6 +76,10 @@ def test_file_fills_missing_keys_from_manifest(tmp_path):
     [
         ("categories:\n  hate: {review: 1.5}\n", "categories.hate.review", "between 0 and 1"),
         ("categories:\n  hate: {review: yes}\n", "categories.hate.review", "between 0 and 1"),
+        ("categories:\n  hate: {review: manifest ^ 2}\n", "categories.hate.review",
+         "'manifest * x'"),
+        ("categories:\n  hate: {review: manifest, block: manifest - 0.1}\n", "categories.hate",
+         "above block threshold"),
         ("categories:\n  hate: {review: 0.8, block: 0.6}\n", "categories.hate",
          "above block threshold"),
         ("categories:\n  hat: {review: 0.5}\n", "categories.hat", "unknown category"),

@@ -9,8 +9,11 @@ A policy file (``policies/<name>.yaml``)::
       toxicity: {review: 0.3, block: 0.6}
       profanity: {enabled: false}
 
-A category the file leaves out (or a key it leaves out) takes the model manifest's threshold as
-its review threshold and halfway from there to 1.0 as its block threshold. A score triggers an
+A threshold is a number in [0, 1] or an expression on the model's own (calibrated) threshold
+for the category from its manifest: ``manifest``, ``manifest * 0.6``, ``manifest + 0.3`` or
+``manifest - 0.1`` (the result is clamped to [0, 1]), so one policy file suits several models.
+A category the file leaves out (or a key it leaves out) takes the manifest threshold as its
+review threshold and halfway from there to 1.0 as its block threshold. A score triggers an
 action when ``score >= threshold``.
 """
 
@@ -35,6 +38,7 @@ BUILTIN_SOURCE = "built-in (model manifest thresholds)"
 FILE_KEYS = ("name", "description", "default", "categories")
 RULE_KEYS = ("enabled", "review", "block")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXPRESSION = re.compile(r"^\s*manifest\s*(?:([*+-])\s*([0-9]*\.?[0-9]+)\s*)?$")
 FALLBACK_THRESHOLD = 0.5
 
 
@@ -79,7 +83,18 @@ def builtin_rules(thresholds: dict[str, float]) -> dict[str, CategoryRule]:
     }
 
 
-def _number(value: Any, where: str) -> float:
+def _number(value: Any, where: str, manifest: float) -> float:
+    if isinstance(value, str):
+        match = EXPRESSION.match(value)
+        if not match:
+            raise PolicyError(
+                f"{where}: must be a number between 0 and 1 or 'manifest', 'manifest * x', "
+                f"'manifest + x', 'manifest - x', got {value!r}"
+            )
+        op, operand = match.group(1), float(match.group(2) or 0)
+        result = {None: manifest, "*": manifest * operand, "+": manifest + operand,
+                  "-": manifest - operand}[op]
+        return round(min(1.0, max(0.0, result)), 6)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyError(f"{where}: must be a number between 0 and 1, got {value!r}")
     number = float(value)
@@ -88,7 +103,7 @@ def _number(value: Any, where: str) -> float:
     return number
 
 
-def _rule(raw: Any, category: str, base: CategoryRule | None, where: str) -> CategoryRule:
+def _rule(raw: Any, base: CategoryRule | None, where: str) -> CategoryRule:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -100,8 +115,8 @@ def _rule(raw: Any, category: str, base: CategoryRule | None, where: str) -> Cat
     if not isinstance(enabled, bool):
         raise PolicyError(f"{where}.enabled: must be true or false, got {enabled!r}")
     base_review = base.review if base else FALLBACK_THRESHOLD
-    review = _number(raw["review"], f"{where}.review") if "review" in raw else None
-    block = _number(raw["block"], f"{where}.block") if "block" in raw else None
+    review = _number(raw["review"], f"{where}.review", base_review) if "review" in raw else None
+    block = _number(raw["block"], f"{where}.block", base_review) if "block" in raw else None
     if review is not None and block is not None and review > block:
         raise PolicyError(f"{where}: review threshold {review} is above block threshold {block}")
     if review is None:
@@ -140,7 +155,7 @@ def parse_policy(
         where = f"{source}: categories.{category}"
         if category not in CATEGORIES:
             raise PolicyError(f"{where}: unknown category (known: {', '.join(CATEGORIES)})")
-        rules[category] = _rule(raw, category, base.get(category), where)
+        rules[category] = _rule(raw, base.get(category), where)
     return Policy(name=name, description=description, rules=rules, source=source), is_default
 
 
