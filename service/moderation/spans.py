@@ -38,6 +38,7 @@ class SpanConfig:
     max_phrase: int = 3  # words per phrase candidate
     top_k: int = 3  # spans per category
     min_drop: float = 0.01  # minimum probability drop for a span to be reported
+    relative_drop: float = 0.25  # later spans need this share of the top span's drop
     phrase_gain: float = 0.5  # logit drop a phrase must add over its best word to win
     coarse_share: float = 0.67  # of the budget, for the coarse stage on long texts
     segment_units: int = 96  # words per segment of a text longer than that (~1 window)
@@ -317,10 +318,14 @@ def _select(
             return True  # a word, or a coarse chunk nobody looked inside
         if any(i not in single for i in range(cand.first, cand.last)):
             return False  # a chunk that was refined: its words speak for it
-        # A phrase wins over its words when masking it together does clearly more than masking
-        # its best word alone (redundant words like "stupid idiot"), or when every word in it
+        # A phrase wins over its parts when masking it whole does clearly more than masking its
+        # best measured part (redundant words like "stupid idiot"), or when every word in it
         # drives the score on its own (adjacent high words).
-        if logit_drop[cand] >= max(inner) + config.phrase_gain:
+        parts = [
+            d for c, d in logit_drop.items()
+            if cand.first <= c.first and c.last <= cand.last and c != cand
+        ]
+        if logit_drop[cand] >= max(parts) + config.phrase_gain:
             return True
         return best_single > 0 and min(inner) >= 0.5 * best_single
 
@@ -333,6 +338,8 @@ def _select(
     taken: set[int] = set()
     for cand in ranked:
         if len(chosen) == config.top_k:
+            break
+        if chosen and prob_drop[cand] < config.relative_drop * prob_drop[chosen[0]]:
             break
         span = set(range(cand.first, cand.last))
         if span & taken:
