@@ -89,6 +89,17 @@ async def test_redundant_words_form_one_phrase():
     assert spans[0].text == "stupid idiot"
 
 
+async def test_a_phrase_does_not_grow_by_a_weak_neighbour():
+    weights = {"stupid": 0.9, "idiot": 0.9, "honestly": 0.05}
+    spans, _, _ = await spans_for("you stupid idiot honestly", weights)
+    assert spans[0].text == "stupid idiot"
+
+
+async def test_weak_secondary_spans_are_dropped():
+    spans, _, _ = await spans_for("you moron and the rest", {"moron": 0.9, "rest": 0.02})
+    assert [s.text for s in spans] == ["moron"]
+
+
 async def test_separate_words_are_separate_spans():
     spans, _, _ = await spans_for(
         "moron said the man, then he left the room like a jerk", {"moron": 0.8, "jerk": 0.7}
