@@ -39,7 +39,8 @@ class SpanConfig:
     top_k: int = 3  # spans per category
     min_drop: float = 0.01  # minimum probability drop for a span to be reported
     relative_drop: float = 0.25  # later spans need this share of the top span's drop
-    phrase_gain: float = 0.5  # logit drop a phrase must add over its best word to win
+    phrase_gain: float = 0.5  # logit drop a phrase must add over its best part to win
+    phrase_prob_gain: float = 0.1  # ... and probability drop, as a share of the text's score
     coarse_share: float = 0.67  # of the budget, for the coarse stage on long texts
     segment_units: int = 96  # words per segment of a text longer than that (~1 window)
     segment_overlap: int = 8
@@ -322,10 +323,11 @@ def _select(
         # best measured part (redundant words like "stupid idiot"), or when every word in it
         # drives the score on its own (adjacent high words).
         parts = [
-            d for c, d in logit_drop.items()
-            if cand.first <= c.first and c.last <= cand.last and c != cand
+            c for c in measured if cand.first <= c.first and c.last <= cand.last and c != cand
         ]
-        if logit_drop[cand] >= max(parts) + config.phrase_gain:
+        logit_gain = logit_drop[cand] - max(logit_drop[c] for c in parts)
+        prob_gain = prob_drop[cand] - max(prob_drop[c] for c in parts)
+        if logit_gain >= config.phrase_gain and prob_gain >= config.phrase_prob_gain * base:
             return True
         return best_single > 0 and min(inner) >= 0.5 * best_single
 
