@@ -212,3 +212,22 @@ async def test_evidence_without_toxicity_analysis_says_nothing_was_checked():
     [outcome], _, _ = await moderator().moderate([TEXT], opts)
     assert outcome.decision == "allow" and outcome.explanation is not None
     assert outcome.explanation.text == "Allowed: no category was checked."
+
+
+async def test_closing_explain_stream_closes_the_generation():
+    closed: list[bool] = []
+
+    class Slow(FakeGenerator):
+        async def stream(self, messages, *, max_new_tokens=96, deadline=None):
+            try:
+                for _ in range(1000):
+                    await asyncio.sleep(0)
+                    yield "insult "
+            finally:
+                closed.append(True)
+
+    events = moderator(Slow()).explain_stream(TEXT, ModerateOptions())
+    assert isinstance(await anext(events), TextOutcome)
+    assert await anext(events) == "insult "
+    await events.aclose()
+    assert closed == [True]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -279,8 +280,10 @@ class Moderator:
         if not outcome.flagged:
             yield evidence_explanation(outcome.decision, reasons, outcome.categories)
             return
-        async for event in self._generate(text, outcome, reasons, plan, options, timings):
-            yield event
+        events = self._generate(text, outcome, reasons, plan, options, timings)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     def _category_scores(self, text_scores: Any) -> dict[str, float]:
         return {
@@ -408,12 +411,13 @@ class Moderator:
         pieces: list[str] = []
         failure = ""
         start = time.monotonic()
+        stream = self.explainer.stream(messages, max_new_tokens=max_new, deadline=options.deadline)
         try:
-            async for delta in self.explainer.stream(
-                messages, max_new_tokens=max_new, deadline=options.deadline
-            ):
-                pieces.append(delta)
-                yield delta
+            # Closing the stream when our consumer goes away stops the generation at once.
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for delta in stream:
+                    pieces.append(delta)
+                    yield delta
         except Exception as exc:
             if _is(exc, "QueueFull"):
                 failure = "overloaded"
