@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -69,34 +68,9 @@ def load_bench_texts(count: int) -> list[str]:
 
 def ceiling(model: Path, texts: list[str], threads: int) -> dict[str, Any]:
     """Best raw onnxruntime throughput over batch sizes, and single-text latency."""
-    try:
-        from bench.ceiling import measure_ceiling  # engineer R's reference
+    from bench.ceiling import measure_ceiling  # engineer R's reference
 
-        return dict(measure_ceiling(model, texts, intra_op_threads=threads))
-    except ImportError:
-        pass
-    from service.runtime.engine import Engine
-
-    engine = Engine.load(model, intra_op_threads=threads)
-    sample = texts[:512]
-    results = {}
-    for size in (1, 2, 4, 8, 16, 32, 64):
-        started = time.perf_counter()
-        for i in range(0, len(sample), size):
-            engine.predict(sample[i : i + size], batch_size=size)
-        results[size] = len(sample) / (time.perf_counter() - started)
-    single = []
-    for text in texts[:200]:
-        started = time.perf_counter()
-        engine.predict([text])
-        single.append((time.perf_counter() - started) * 1000)
-    best = max(results, key=results.__getitem__)
-    return {
-        "by_batch_size": results,
-        "best_batch_size": best,
-        "throughput": results[best],
-        "single_p50_ms": statistics.median(single),
-    }
+    return dict(measure_ceiling(model, texts, intra_op_threads=threads))
 
 
 class ServerProcess:
