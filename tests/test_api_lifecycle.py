@@ -132,7 +132,7 @@ def test_sighup_reloads_policies_and_sigterm_drains(tmp_path: Path) -> None:
             process.send_signal(signal.SIGHUP)
             wait_for(lambda: len(c.list_policies().policies) == 2, 10)
             assert c.moderate(["hello"], policy="strict").policy == "strict"
-            texts = [SENTENCE.format(i) for i in range(256)]
+            texts = [SENTENCE.format(i) * 3 for i in range(256)]
             with ThreadPoolExecutor(1) as pool:
                 in_flight = pool.submit(c.moderate, texts)
                 time.sleep(0.3)  # 256 texts take seconds on 2 cores: it is in flight now
