@@ -203,7 +203,11 @@ class WachtServer:
             from service.batching.generation import GenerationQueue
             from service.runtime.generator import Generator
 
-            generator = Generator.load(path, intra_op_threads=self.config.intra_op_threads)
+            generator = Generator.load(
+                path,
+                intra_op_threads=self.config.intra_op_threads,
+                verify=self.config.verify_checksums,
+            )
             log.info("explainer ready", path=str(path), generator=generator.name)
             return GenerationQueue(generator)
         except Exception as exc:
