@@ -81,8 +81,9 @@ def test_all_violations_reported_at_once(client: WachtClient) -> None:
     request = moderate_request(["a", "b"], categories=["spam"], policy="nope")
     request.texts[1].id = "0"
     with pytest.raises(grpc.RpcError) as caught:
-        client.moderate_raw(request)
+        client.moderation.Moderate(request, metadata=[("x-request-id", "bad-1")], timeout=30)
     assert set(_fields(caught.value)) == {"texts[1].id", "categories[0]", "policy"}
+    assert ("x-request-id", "bad-1") in caught.value.trailing_metadata()
 
 
 def test_analyze_bad_task_and_empty(client: WachtClient) -> None:

@@ -83,9 +83,14 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: errors.ApiError) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext, error: errors.ApiError, call: Call | None
+) -> None:
     status = error.to_grpc_status()
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    metadata = tuple(status.trailing_metadata)
+    if call is not None:
+        metadata += ((REQUEST_ID_KEY, call.request_id),)
+    await context.abort(status.code, status.details, metadata)
 
 
 class CallRunner:
@@ -134,7 +139,7 @@ class CallRunner:
                 code = error.code
                 if code != grpc.StatusCode.INTERNAL:
                     log.info("call failed", code=code.name, error=error.message)
-            await _abort(context, error)
+            await _abort(context, error, call)
             raise AssertionError("unreachable")  # abort raises
         finally:
             self.state.call_finished()
@@ -165,7 +170,7 @@ class CallRunner:
                 code = error.code
                 if code != grpc.StatusCode.INTERNAL:
                     log.info("call failed", code=code.name, error=error.message)
-            await _abort(context, error)
+            await _abort(context, error, call)
         finally:
             self.state.call_finished()
             self._finish(call, method, code, started)
