@@ -234,3 +234,26 @@ def test_client_cancellation_drops_queued_work() -> None:
         text = server.metrics_text()
         assert metric_value(text, "wacht_dropped_texts_total", reason="cancelled") > 0
         assert metric_value(text, "wacht_requests_total", method="Moderate", code="CANCELLED") == 1
+
+
+def test_two_models_each_with_its_own_batcher(tmp_path: Path) -> None:
+    from service.runtime.model_dir import write_sha256sums
+
+    model = require_model()
+    second = tmp_path / "second"
+    shutil.copytree(model, second)
+    manifest = second / "manifest.yaml"
+    lines = manifest.read_text().splitlines()
+    lines = ["name: second" if line.startswith("name:") else line for line in lines]
+    manifest.write_text("\n".join(lines) + "\n")
+    write_sha256sums(second)
+    with server_thread(make_config(models=[model, second])) as server:
+        state = server.server.state
+        first = state.default_model
+        assert state.models[first].batcher is not state.models["second"].batcher
+        with WachtClient(server.address, timeout=30) as c:
+            infos = {m.name: m.is_default for m in c.list_models().models}
+            assert infos == {first: True, "second": False}
+            assert c.moderate(["hi"], model="second").model.name == "second"
+            assert c.moderate(["hi"]).model.name == first
+            assert c.analyze(["hi"], model="second").results[0].tasks
