@@ -257,3 +257,31 @@ def test_two_models_each_with_its_own_batcher(tmp_path: Path) -> None:
             assert c.moderate(["hi"], model="second").model.name == "second"
             assert c.moderate(["hi"]).model.name == first
             assert c.analyze(["hi"], model="second").results[0].tasks
+
+
+def test_sigterm_exits_within_grace_despite_an_open_stream(tmp_path: Path) -> None:
+    require_model()
+    process, port = start_subprocess({"WACHT_SHUTDOWN_GRACE_S": "1"}, tmp_path / "server.log")
+    address = f"127.0.0.1:{port}"
+    try:
+        with WachtClient(address, timeout=60) as c:
+            wait_for(lambda: _health_or_none(c) == SERVING, 90)
+            hold = threading.Event()
+
+            def messages():
+                yield ["first"]
+                hold.wait(30)  # keep the stream open
+
+            replies = c.stream(messages())
+            assert next(replies).sequence == 0
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+            assert time.monotonic() - started < 5
+            with pytest.raises(grpc.RpcError):
+                next(replies)
+            hold.set()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
