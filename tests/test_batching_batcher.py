@@ -156,7 +156,7 @@ async def test_scores_come_back_to_their_callers_in_order(engine, recorder):
     gate, blocker = await block_engine(batcher, engine)
     calls = [batcher.score(["5 5", "7 | 8"]), batcher.score(["10"]), batcher.score(["20 1"])]
     tasks = [asyncio.create_task(c) for c in calls]
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 5)
     gate.set()
     results = await asyncio.gather(*tasks)
     await blocker
@@ -178,7 +178,7 @@ async def test_batch_closes_on_padded_token_budget(engine, recorder):
     # lengths with specials: 3, 10, 3, 3 -> [3, 10] costs 10*2 = 20; adding 3 costs 30 > 20
     texts = ["1", "1 2 3 4 5 6 7 8", "1", "1"]
     tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 4)
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert engine.batch_lengths()[1:] == [[3, 10], [3, 3]]
@@ -190,7 +190,7 @@ async def test_batch_closes_on_size(engine, recorder):
     batcher = await started(engine, config(max_batch_size=3), recorder)
     gate, blocker = await block_engine(batcher, engine)
     tasks = [asyncio.create_task(batcher.score([str(i)])) for i in range(7)]
-    await until(lambda: batcher.queue_texts == 8)
+    await until(lambda: batcher.queue_windows == 7)
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert [len(b) for b in engine.batch_lengths()[1:]] == [3, 3, 1]
@@ -199,9 +199,36 @@ async def test_batch_closes_on_size(engine, recorder):
 
 async def test_idle_engine_dispatches_without_waiting_for_the_delay(engine, recorder):
     clock = FakeClock()  # frozen: a delay measured on it would never pass
-    batcher = await started(engine, config(max_queue_delay_ms=60_000), recorder, clock)
-    scores, _ = await asyncio.wait_for(batcher.score(["3"]), 5)
-    assert total(scores) == [6.0]
+    cfg = config(max_queue_delay_ms=60_000, micro_batch_size=2)  # 3 texts: the queued path
+    batcher = await started(engine, cfg, recorder, clock)
+    scores, _ = await asyncio.wait_for(batcher.score(["3", "4", "5"]), 5)
+    assert total(scores) == [6.0, 7.0, 8.0]
+    assert engine.batch_lengths() == [[3, 3], [3]]
+    await batcher.stop()
+
+
+async def test_idle_small_call_runs_directly_and_later_calls_queue(engine, recorder):
+    batcher = await started(engine, config(micro_batch_size=2), recorder)
+    gate, direct = await block_engine(batcher, engine)  # found the batcher idle
+    queued = [asyncio.create_task(batcher.score([str(i)])) for i in (1, 2, 3)]
+    await until(lambda: batcher.queue_windows == 3)
+    assert len(engine.calls) == 1
+    gate.set()
+    scores, timings = await direct
+    assert total(scores) == [703.0] and timings.queue_ns == 0 and timings.tokens == 1
+    assert [total((await t)[0]) for t in queued] == [[4.0], [5.0], [6.0]]
+    assert engine.batch_lengths()[1:] == [[3, 3], [3]]
+    assert [b[0] for b in recorder.batches] == [1, 2, 1]
+    assert batcher.queue_texts == 0
+    await batcher.stop()
+
+
+async def test_engine_error_on_the_direct_path_reaches_the_caller(engine, recorder):
+    batcher = await started(engine, config(), recorder)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        await batcher.score([f"{FAIL}"])
+    assert batcher.queue_texts == 0
+    assert total((await batcher.score(["1"]))[0]) == [4.0]
     await batcher.stop()
 
 
@@ -240,7 +267,7 @@ async def test_windows_are_length_sorted_into_micro_batches(engine, recorder):
     gate, blocker = await block_engine(batcher, engine)
     texts = ["1 2 3 4 5 6 7 8", "1", "1 2 3 4 5 6 7", "1 2"]  # lengths 10, 3, 9, 4
     tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 4)
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert engine.batch_lengths()[1:] == [[3, 4], [9, 10]]
@@ -253,7 +280,7 @@ async def test_micro_batch_token_budget_limits_padding(engine, recorder):
     gate, blocker = await block_engine(batcher, engine)
     texts = ["1", "1", "1", "1 2 3 4 5 6 7 8"]  # 3, 3, 3, 10
     tasks = [asyncio.create_task(batcher.score([t])) for t in texts]
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 4)
     gate.set()
     await asyncio.gather(blocker, *tasks)
     assert engine.batch_lengths()[1:] == [[3, 3, 3], [10]]
@@ -266,7 +293,7 @@ async def test_deadline_passed_in_queue_is_dropped_before_inference(engine, reco
     gate, blocker = await block_engine(batcher, engine)
     late = asyncio.create_task(batcher.score(["55", "56"], deadline=clock.now + 5))
     on_time = asyncio.create_task(batcher.score(["57"], deadline=clock.now + 50))
-    await until(lambda: batcher.queue_texts == 4)
+    await until(lambda: batcher.queue_windows == 3)
     clock.now += 10
     gate.set()
     with pytest.raises(DeadlineExceeded):
@@ -293,7 +320,7 @@ async def test_cancelled_caller_is_dropped_before_inference(engine, recorder):
     gate, blocker = await block_engine(batcher, engine)
     gone = asyncio.create_task(batcher.score(["77", "78", "79"]))
     stays = asyncio.create_task(batcher.score(["80"]))
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 4)
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -312,7 +339,7 @@ async def test_cancelled_windows_inside_a_running_batch_are_skipped(engine, reco
     second_gate = engine.gate(701)
     first = asyncio.create_task(batcher.score(["701"]))  # shorter: its micro-batch runs first
     gone = asyncio.create_task(batcher.score(["90 91 92"]))
-    await until(lambda: batcher.queue_texts == 3)
+    await until(lambda: batcher.queue_windows == 2)
     gate.set()
     await until(lambda: 701 in engine.started)  # the batch [701 | 90 91 92] is running
     gone.cancel()
@@ -328,7 +355,7 @@ async def test_queue_full_at_admission_then_recovers(engine, recorder):
     batcher = await started(engine, config(max_queue_texts=4), recorder)
     gate, blocker = await block_engine(batcher, engine)
     queued = asyncio.create_task(batcher.score(["1", "2", "3"]))
-    await until(lambda: batcher.queue_texts == 4)
+    await until(lambda: batcher.queue_windows == 3)
     with pytest.raises(QueueFull) as full:
         await batcher.score(["4"])
     assert full.value.retry_after_s > 0
@@ -360,7 +387,7 @@ async def test_engine_error_reaches_only_the_affected_callers(engine, recorder):
     ok1 = asyncio.create_task(batcher.score(["1"]))
     bad = asyncio.create_task(batcher.score(["3", f"{FAIL} 1"]))
     ok2 = asyncio.create_task(batcher.score(["2 2 2"]))
-    await until(lambda: batcher.queue_texts == 5)
+    await until(lambda: batcher.queue_windows == 4)
     gate.set()
     with pytest.raises(RuntimeError, match="model exploded"):
         await bad
@@ -386,7 +413,7 @@ async def test_stop_drains_queued_work_and_refuses_new(engine, recorder):
     batcher = await started(engine, config(), recorder)
     gate, blocker = await block_engine(batcher, engine)
     queued = [asyncio.create_task(batcher.score([str(i)])) for i in (11, 12)]
-    await until(lambda: batcher.queue_texts == 3)
+    await until(lambda: batcher.queue_windows == 2)
     stopping = asyncio.create_task(batcher.stop())
     await asyncio.sleep(0.02)
     assert not stopping.done()
