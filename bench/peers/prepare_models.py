@@ -11,12 +11,17 @@ random classification head shaped like Wacht's heads) so the harness can be chec
 trained model exists: their speed equals the real heads', their scores mean nothing.
 
 Writes OUT/hf/<task>/ (HF checkpoint) and OUT/onnx/<task>/ (optimum ONNX export: model.onnx,
-config.json, tokenizer files), which is what run.py's --models OUT expects.
+config.json, tokenizer files), which is what run.py's --models OUT expects, and OUT/wacht/<task>/:
+a Wacht model directory around the very same model.onnx (for the one-task workload, so Wacht and
+the peers run one file). With --stand-in also OUT/wacht/moderation/: one encoder, both stand-in
+heads, one forward (what Wacht's default model is), for the full-moderation workload.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -44,6 +49,91 @@ def build_stand_in(task: str, out: Path, seed: int = 0) -> None:
     )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
+
+
+CATEGORIES = {"offensive": "toxicity", "hate": "hate", "insult": "insult",
+              "profanity": "profanity"}
+STAND_IN_MAX_LENGTH = 256
+
+
+def _task_yaml(task: str, output: str, config: dict) -> list[str]:
+    sigmoid = config.get("problem_type") == "multi_label_classification"
+    lines = [f"  - name: {task}", f"    output: {output}",
+             f"    activation: {'sigmoid' if sigmoid else 'softmax'}", "    labels:"]
+    for i in range(len(config["id2label"])):
+        label = config["id2label"][str(i)]
+        category = CATEGORIES.get(label) if sigmoid else None
+        extra = f", category: {category}, threshold: 0.5" if category else ""
+        lines.append(f"      - {{name: {label}{extra}}}")
+    return lines
+
+
+def write_wacht_dir(out: Path, onnx_file: Path, tokenizer: Path, name: str,
+                    tasks: list[tuple[str, str, dict]], inputs: list[str], source: str) -> None:
+    """A Wacht model directory (docs/model-directory.md) around an existing ONNX file."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    shutil.copyfile(onnx_file, out / "model.onnx")
+    shutil.copyfile(tokenizer, out / "tokenizer.json")
+    manifest = [f"name: {name}", "version: 0.0.0-bench", "precision: fp32",
+                f"max_length: {STAND_IN_MAX_LENGTH}",
+                f"window_stride: {STAND_IN_MAX_LENGTH * 3 // 4}",
+                f"inputs: [{', '.join(inputs)}]", "tasks:"]
+    for task, output, config in tasks:
+        manifest += _task_yaml(task, output, config)
+    manifest += ["provenance:", f"  source: {json.dumps(source)}",
+                 "  rebuild_command: .venv-train/bin/python -m bench.peers.prepare_models"]
+    (out / "manifest.yaml").write_text("\n".join(manifest) + "\n")
+    (out / "CARD.md").write_text(f"# {name}\n\nBenchmark model directory: {source}. "
+                                 "Not for moderation use.\n")
+    (out / "metrics.json").write_text("{}\n")
+    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}"
+            for p in sorted(out.iterdir()) if p.name != "SHA256SUMS"]
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+
+def _onnx_inputs(onnx_file: Path) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(onnx_file), load_external_data=False).graph.input]
+
+
+def build_multi_head(hf_dirs: dict[str, Path], out_onnx: Path) -> None:
+    """One encoder and one classifier per task, as one ONNX graph: `<task>_logits` outputs.
+    The stand-in heads all sit on the same base encoder, so sharing it changes no score."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    models = {t: AutoModelForSequenceClassification.from_pretrained(d).eval()
+              for t, d in hf_dirs.items()}
+    tasks = list(models)
+    first = models[tasks[0]].bert.state_dict()
+    for task in tasks[1:]:
+        other = models[task].bert.state_dict()
+        if any(not torch.equal(first[k], other[k]) for k in first):
+            raise ValueError(f"{task}: encoder differs from {tasks[0]}'s; cannot share it")
+
+    class MultiHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = models[tasks[0]].bert
+            self.heads = torch.nn.ModuleList(models[t].classifier for t in tasks)
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).pooler_output
+            return tuple(head(pooled) for head in self.heads)
+
+    ids = torch.ones(2, 8, dtype=torch.int64)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    outputs = [f"{t}_logits" for t in tasks]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes.update({o: {0: "batch"} for o in outputs})
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(MultiHead().eval(), (ids, ids, torch.zeros_like(ids)), str(out_onnx),
+                          input_names=names, output_names=outputs, dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
 
 
 def export_onnx(hf_dir: Path, out: Path) -> None:
@@ -84,7 +174,22 @@ def main() -> None:
         onnx_dest = args.out / "onnx" / task
         shutil.rmtree(onnx_dest, ignore_errors=True)
         export_onnx(hf_dest, onnx_dest)
-        print(f"{task}: {hf_dest} -> {onnx_dest / 'model.onnx'}")
+        config = json.loads((onnx_dest / "config.json").read_text())
+        onnx_file = onnx_dest / "model.onnx"
+        write_wacht_dir(args.out / "wacht" / task, onnx_file, onnx_dest / "tokenizer.json",
+                        f"bench-{task}", [(task, "logits", config)], _onnx_inputs(onnx_file),
+                        f"the peers' ONNX export of {hf_dest}")
+        print(f"{task}: {hf_dest} -> {onnx_file}, {args.out / 'wacht' / task}")
+    if args.stand_in:
+        onnx_file = args.out / "build" / "moderation.onnx"
+        build_multi_head({t: args.out / "hf" / t for t in STAND_IN_HEADS}, onnx_file)
+        configs = {t: json.loads((args.out / "hf" / t / "config.json").read_text())
+                   for t in STAND_IN_HEADS}
+        write_wacht_dir(args.out / "wacht" / "moderation", onnx_file,
+                        args.out / "onnx" / "toxicity" / "tokenizer.json", "bench-moderation",
+                        [(t, f"{t}_logits", configs[t]) for t in STAND_IN_HEADS],
+                        _onnx_inputs(onnx_file), "stand-in heads on the base MiniLM, shared")
+        print(f"moderation (stand-in, multi-head): {args.out / 'wacht' / 'moderation'}")
 
 
 if __name__ == "__main__":

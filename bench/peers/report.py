@@ -58,6 +58,7 @@ def aggregate(records: list[dict]) -> list[dict]:
             "p50_ms": _median([r["point"]["p50_ms"] for r in recs]),
             "p99_ms": _median([r["point"]["p99_ms"] for r in recs]),
             "rss_mb": _median([r["rss_peak"] / MB if r.get("rss_peak") else None for r in recs]),
+            "pss_mb": _median([r["pss_peak"] / MB if r.get("pss_peak") else None for r in recs]),
             "errors": dict(errors),
             "requests": sum(r["point"]["requests"] for r in recs),
             "vs_wacht": {m: round(statistics.median(v), 3) for m, v in ratios.items()},
@@ -72,7 +73,9 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
            f"{meta.get('server_cpus')} · corpus {meta.get('corpus')}", "",
            "Figures are medians over repeats; `×Wacht` columns are the median of same-repeat "
            "ratios (throughput: higher is better for the stack; latency/RSS: lower is better "
-           "for the stack, so > 1 means Wacht is better). Errors are summed over repeats.", ""]
+           "for the stack, so > 1 means Wacht is better). Peak RSS is the sum over the server's "
+           "process tree (shared pages counted per process); peak PSS counts them once. "
+           "Errors are summed over repeats.", ""]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["workload"], row["texts_per_call"], row["mode"])].append(row)
@@ -80,8 +83,8 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
         level = "concurrency" if mode == "closed" else "offered calls/s"
         out += [f"## {workload} · {per_call} text(s) per call · {mode} loop", "",
                 f"| {level} | stack | texts/s | ×Wacht | p50 ms | ×Wacht | p99 ms | ×Wacht | "
-                "peak RSS MB | ×Wacht | errors |",
-                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "peak RSS MB | ×Wacht | peak PSS MB | errors |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in group:
             v = row["vs_wacht"]
             errs = ", ".join(f"{k} {n}" for k, n in row["errors"].items() if n) or "0"
@@ -89,7 +92,7 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
                 f"| {row['level']:g} | {row['stack']} | {row['texts_per_s']} | "
                 f"{v.get('texts_per_s', '')} | {row['p50_ms']} | {v.get('p50_ms', '')} | "
                 f"{row['p99_ms']} | {v.get('p99_ms', '')} | {row['rss_mb']} | "
-                f"{v.get('rss', '')} | {errs} |")
+                f"{v.get('rss', '')} | {row['pss_mb']} | {errs} |")
         out.append("")
     if failures:
         out += ["## Stacks that did not run", ""]

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ WORKLOADS = ("one-task", "moderation")
 MODERATION_TASKS = ["sentiment", "toxicity"]
 CHECK_TEXTS = ["You are a complete idiot and everyone hates you.", "What a lovely, sunny day!",
                "I don't think this movie was any good.", "Thanks for the help, much appreciated."]
+LIVE: set = set()  # servers started and not yet stopped
 LONG_TEXT = " ".join(["this comment keeps going and going without any end in sight"] * 90)
 
 
@@ -142,6 +145,7 @@ async def run_stack(args, stack: str, workload: str, repeat: int, models: Models
     tag = f"[repeat {repeat} · {workload} · {stack}]"
     print(f"{tag} starting: {' '.join(server.argv[:3])} ...", flush=True)
     t0 = time.monotonic()
+    LIVE.add(server)
     server.start()
 
     def new_client():
@@ -184,9 +188,10 @@ async def run_stack(args, stack: str, workload: str, repeat: int, models: Models
                     rss.reset()
                     point = await closed_loop(call, texts, concurrency, per_call, args.duration,
                                               args.max_requests)
-                    record(raw, repeat, workload, stack, point, rss.peak, tag)
+                    record(raw, repeat, workload, stack, point, rss, tag)
+                    await settle(call, args.timeout)
                 key = f"{workload}/{per_call}"
-                if key not in rates:
+                if not rates.get(key):   # set once, by the first stack that ran: same for all
                     if args.rates == "auto":
                         best = max((r["point"]["calls_per_s"] for r in raw["records"]
                                     if r["stack"] == stack and r["workload"] == workload
@@ -199,14 +204,17 @@ async def run_stack(args, stack: str, workload: str, repeat: int, models: Models
                     rss.reset()
                     point = await open_loop(call, texts, rate, per_call, args.duration,
                                             args.max_requests, drain_s=args.timeout)
-                    record(raw, repeat, workload, stack, point, rss.peak, tag)
+                    record(raw, repeat, workload, stack, point, rss, tag)
+                    await settle(call, args.timeout)
             checks["peak_rss_mb"] = round(rss.peak / 2**20, 1)
+            checks["peak_pss_mb"] = round(rss.peak_pss / 2**20, 1)
     except Exception as exc:  # a stack that breaks mid-run is a finding, not the end of the run
         fail(raw, stack, workload, repeat, f"{type(exc).__name__}: {str(exc)[:300]}", server, tag)
     finally:
         if client is not None:
             await client.close()
         how = server.stop()
+        LIVE.discard(server)
         raw["checks"].setdefault(f"{workload}/{stack}", {})["stopped_by"] = how
         print(f"{tag} stopped ({how})", flush=True)
 
@@ -219,11 +227,19 @@ def fail(raw: dict, stack: str, workload: str, repeat: int, why: str, server, ta
     print(f"{tag} FAILED: {why} ({alive})\n{log_tail(server.log)}", flush=True)
 
 
-def record(raw: dict, repeat: int, workload: str, stack: str, point, rss_peak: int,
+async def settle(call, timeout: float) -> None:
+    """Wait until the stack has worked off what the last point left queued (calls the client
+    gave up on may still be in a server's queue), so it does not slow the next point."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(call(["settle"]), timeout * 2)
+
+
+def record(raw: dict, repeat: int, workload: str, stack: str, point, rss: RssSampler,
            tag: str) -> None:
     summary = point.summary()
+    rss_peak = rss.peak
     raw["records"].append({"repeat": repeat, "workload": workload, "stack": stack,
-                           "point": summary, "rss_peak": rss_peak,
+                           "point": summary, "rss_peak": rss_peak, "pss_peak": rss.peak_pss,
                            "latencies_ms": [round(x, 3) for x in point.latencies_ms]})
     errs = {k: v for k, v in summary["errors"].items() if v}
     print(f"{tag} {summary['mode']} {summary['level']:g} x{summary['texts_per_call']}: "
@@ -233,11 +249,14 @@ def record(raw: dict, repeat: int, workload: str, stack: str, point, rss_peak: i
 
 
 def agreement(checks: dict) -> dict[str, float]:
-    """Largest score difference between stacks serving the same file, per workload."""
+    """Largest score difference between stacks on the check texts, per workload, over the
+    labels both report (Wacht's moderation reports categories: `toxicity` for `offensive`).
+    Near 0 when they serve the same weights; Wacht serves the same file in one-task only when
+    given a directory around the peers' export (prepare_models' wacht/<task>)."""
     out = {}
     for workload in WORKLOADS:
         peers = {k.split("/")[1]: v["scores"] for k, v in checks.items()
-                 if k.startswith(workload + "/") and "scores" in v and not k.endswith("/wacht")}
+                 if k.startswith(workload + "/") and "scores" in v}
         names = sorted(peers)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
@@ -297,8 +316,18 @@ async def main_async(args: argparse.Namespace) -> int:
     return 1 if raw["failures"] else 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # asyncio.run then cancels the run, and every server is stopped
+
+
 def main() -> None:
-    sys.exit(asyncio.run(main_async(parse_args())))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = asyncio.run(main_async(parse_args()))
+    finally:
+        for server in list(LIVE):   # belt and braces: no stray servers, whatever happened
+            server.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def labels_of(onnx_dir: Path) -> list[str]:
     return [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
 
 
-@dataclass
+@dataclass(eq=False)
 class Server:
     name: str
     argv: list[str]
@@ -88,6 +88,15 @@ class Server:
                 total += p.memory_info().rss
         return total
 
+    def pss_bytes(self) -> int:
+        """Proportional set size over the tree: shared pages (libraries, a model mapped by
+        several processes) counted once in all, unlike the RSS sum."""
+        total = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total
+
     def stop(self, grace_s: float = 20.0) -> str:
         """SIGTERM (what every stack handles), then SIGKILL for anything left in the tree."""
         if self.proc is None:
@@ -118,21 +127,23 @@ class Server:
 
 
 class RssSampler:
-    """Peak RSS of a server's process tree, sampled every `period_s` in a thread."""
+    """Peak RSS (and PSS) of a server's process tree, sampled every `period_s` in a thread."""
 
-    def __init__(self, server: Server, period_s: float = 0.2) -> None:
+    def __init__(self, server: Server, period_s: float = 0.25) -> None:
         self.server, self.period_s = server, period_s
-        self.peak = 0
+        self.peak = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.server.rss_bytes())
+            self.peak_pss = max(self.peak_pss, self.server.pss_bytes())
             self._stop.wait(self.period_s)
 
     def reset(self) -> None:
         self.peak = self.server.rss_bytes()
+        self.peak_pss = self.server.pss_bytes()
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
