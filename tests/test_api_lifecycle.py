@@ -132,7 +132,7 @@ def test_sighup_reloads_policies_and_sigterm_drains(tmp_path: Path) -> None:
             process.send_signal(signal.SIGHUP)
             wait_for(lambda: len(c.list_policies().policies) == 2, 10)
             assert c.moderate(["hello"], policy="strict").policy == "strict"
-            texts = [SENTENCE.format(i) * 3 for i in range(256)]
+            texts = [SENTENCE.format(i) * 6 for i in range(256)]
             with ThreadPoolExecutor(1) as pool:
                 in_flight = pool.submit(c.moderate, texts)
                 time.sleep(0.3)  # 256 texts take seconds on 2 cores: it is in flight now
@@ -218,11 +218,15 @@ def test_client_cancellation_drops_queued_work() -> None:
     with server_thread(config) as server:
 
         async def cancel_one() -> None:
+            def batches() -> float:
+                return metric_value(server.metrics_text(), "wacht_batch_size_count")
+
+            before = await asyncio.to_thread(batches)
             async with AsyncWachtClient(server.address, timeout=60) as c:
-                call = c.moderation.Moderate(
-                    moderate_request([SENTENCE.format(i) for i in range(200)]), timeout=60
-                )
-                await asyncio.sleep(0.3)
+                texts = [SENTENCE.format(i) * 4 for i in range(256)]
+                call = c.moderation.Moderate(moderate_request(texts), timeout=60)
+                while await asyncio.to_thread(batches) == before:  # its first batch has run
+                    await asyncio.sleep(0.005)
                 call.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await call
