@@ -47,3 +47,10 @@ def test_health_of_nothing_listening(capsys: pytest.CaptureFixture) -> None:
 
     assert main(["health", "--address", f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_model_factory_commands_dispatch(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["models", "eval", "--help"])
+    assert caught.value.code == 0
+    assert "wacht models eval" in capsys.readouterr().out
