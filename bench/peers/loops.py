@@ -107,9 +107,9 @@ async def open_loop(call: Call, texts: list[str], rate: float, per_call: int, du
     t0 = time.perf_counter()
     n = 0
     while n < max_requests:
-        due = t0 + n * interval
-        if due - t0 >= duration_s:
+        if n * interval >= duration_s:
             break
+        due = t0 + n * interval
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
