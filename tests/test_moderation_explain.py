@@ -231,3 +231,24 @@ async def test_closing_explain_stream_closes_the_generation():
     assert await anext(events) == "insult "
     await events.aclose()
     assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "seconds_left", "reason"), [(0, 2.0, ""), (3, 2.0, "deadline")]
+)
+async def test_deadline_estimate_uses_the_queue_measurement_and_backlog(
+    waiting, seconds_left, reason
+):
+    class Measured(FakeGenerator):
+        max_concurrent = 1
+        active = 0
+
+        def estimate_seconds(self, new_tokens, prompt_tokens=0):
+            return 1.0
+
+    generator = Measured("Blocked as an insult and toxic.")
+    generator.waiting = waiting
+    opts = ModerateOptions(explanation="generative", deadline=time.monotonic() + seconds_left)
+    [outcome], _, _ = await moderator(generator).moderate([TEXT], opts)
+    assert outcome.explanation.fallback_reason == reason
+    assert len(generator.calls) == (0 if reason else 1)

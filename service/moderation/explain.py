@@ -220,10 +220,26 @@ class SpeedEstimate:
     def seconds_for(self, max_new_tokens: int) -> float:
         return self.config.prefill_s + max_new_tokens / max(self.tokens_per_s, 1e-3)
 
-    def enough_time(self, deadline: float | None, max_new_tokens: int) -> bool:
+    def enough_time(
+        self, deadline: float | None, max_new_tokens: int, queue: Any = None,
+        prompt_tokens: int = 0,
+    ) -> bool:
+        """Whether a generation is likely to finish before `deadline`. Uses the queue's own
+        measurement (GenerationQueue.estimate_seconds) when it has one, and counts the jobs
+        already waiting for it."""
         if deadline is None:
             return True
-        return deadline - time.monotonic() >= self.seconds_for(max_new_tokens)
+        needed = None
+        estimate = getattr(queue, "estimate_seconds", None)
+        if callable(estimate):
+            needed = estimate(max_new_tokens, prompt_tokens)
+        if needed is None:
+            needed = self.seconds_for(max_new_tokens)
+        ahead = getattr(queue, "waiting", 0) + getattr(queue, "active", 0)
+        slots = max(1, getattr(queue, "max_concurrent", 1))
+        if isinstance(ahead, int) and ahead > 0:
+            needed *= 1 + ahead / slots
+        return deadline - time.monotonic() >= needed
 
     def observe(self, tokens: int, seconds: float) -> None:
         if tokens < 8 or seconds <= 0:

@@ -404,10 +404,11 @@ class Moderator:
         max_new = self.generation.max_new_tokens + (
             self.generation.rewrite_tokens if options.suggest_rewrite else 0
         )
-        if not self.speed.enough_time(options.deadline, max_new):
+        messages = prompt_messages(text, outcome.decision, reasons, options.suggest_rewrite)
+        prompt_tokens = sum(len(m["content"]) for m in messages) // 4
+        if not self.speed.enough_time(options.deadline, max_new, self.explainer, prompt_tokens):
             yield self._fallback("deadline", outcome, reasons)
             return
-        messages = prompt_messages(text, outcome.decision, reasons, options.suggest_rewrite)
         pieces: list[str] = []
         failure = ""
         start = time.monotonic()
