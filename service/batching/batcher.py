@@ -64,8 +64,10 @@ class BatchingConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_texts: int = 2048
     inference_threads: int = 1
-    micro_batch_tokens: int = 1024  # padded tokens per forward
-    micro_batch_size: int = 8  # windows per forward
+    # One forward each. Small on a CPU (int8 MiniLM on 2 cores gains nothing past ~4);
+    # on a GPU set them to max_batch_tokens / max_batch_size.
+    micro_batch_tokens: int = 512  # padded tokens per forward
+    micro_batch_size: int = 4  # windows per forward
     tokenize_threads: int = 1
 
 
