@@ -435,3 +435,15 @@ async def test_event_loop_keeps_accepting_while_inference_runs(engine, recorder)
     gate.set()
     await asyncio.gather(blocker, more)
     await batcher.stop()
+
+
+async def test_max_batch_size_one_turns_batching_off_on_every_path(engine, recorder):
+    batcher = await started(engine, config(max_batch_size=1), recorder)
+    await batcher.score(["1", "2", "3"])  # idle: the direct path
+    gate, blocker = await block_engine(batcher, engine)
+    queued = asyncio.create_task(batcher.score(["4", "5"]))
+    await until(lambda: batcher.queue_windows == 2)
+    gate.set()
+    await asyncio.gather(blocker, queued)
+    assert all(len(call) == 1 for call in engine.calls) and len(engine.calls) == 6
+    await batcher.stop()

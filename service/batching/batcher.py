@@ -282,11 +282,18 @@ class Batcher:
             raise DeadlineExceeded("deadline passed while running") from None
         return scores, timings
 
+    def _micro_limits(self) -> tuple[int, int]:
+        """Per-forward limits; never above the batch limits (max_batch_size 1 = batching off)."""
+        cfg = self.config
+        return (
+            min(cfg.micro_batch_tokens, cfg.max_batch_tokens),
+            min(cfg.micro_batch_size, cfg.max_batch_size),
+        )
+
     def _run_directly(
         self, texts: list[str], truncation: Truncation, max_windows: int
     ) -> tuple[list[TextScores], BatchTimings, list[tuple[int, int, int, float]]]:
         """Runs in an inference thread when the engine was idle: no queue, one hop."""
-        cfg = self.config
         started = time.perf_counter_ns()
         encoded = self.engine.encode(texts, truncation, max_windows)
         tokenized = time.perf_counter_ns()
@@ -294,7 +301,7 @@ class Batcher:
         lengths = [len(w) for w in windows]
         rows: dict[str, np.ndarray] = {}
         stats = []
-        for group in micro_batches(lengths, cfg.micro_batch_tokens, cfg.micro_batch_size):
+        for group in micro_batches(lengths, *self._micro_limits()):
             begin = time.perf_counter_ns()
             logits = self.engine.forward([windows[i] for i in group])
             elapsed = time.perf_counter_ns() - begin
@@ -418,10 +425,7 @@ class Batcher:
     def _infer(self, batch: list[QueuedWindow]) -> None:
         """Runs in an inference thread: micro-batches in length order, results posted back."""
         assert self._loop is not None
-        cfg = self.config
-        groups = micro_batches(
-            [item.length for item in batch], cfg.micro_batch_tokens, cfg.micro_batch_size
-        )
+        groups = micro_batches([item.length for item in batch], *self._micro_limits())
         for group in groups:
             items = [batch[i] for i in group if batch[i].request.live]
             now = self._clock()
