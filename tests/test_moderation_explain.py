@@ -252,3 +252,26 @@ async def test_deadline_estimate_uses_the_queue_measurement_and_backlog(
     [outcome], _, _ = await moderator(generator).moderate([TEXT], opts)
     assert outcome.explanation.fallback_reason == reason
     assert len(generator.calls) == (0 if reason else 1)
+
+
+def test_first_sentences_and_completion():
+    from service.moderation.explain import first_sentences, generation_complete
+
+    text = 'It is an insult. It says "idiot." Then it rambles on and on'
+    assert first_sentences(text) == 'It is an insult. It says "idiot."'
+    assert first_sentences("No end here") == "No end here"
+    assert not generation_complete('It is an insult. It says "idiot."', False)
+    assert generation_complete('It is an insult. It says "idiot." Then', False)
+    assert not generation_complete("It is an insult.\nRewrite: Be nice", True)
+    assert generation_complete("It is an insult.\nRewrite: Be nice.\n", True)
+
+
+async def test_generation_stops_after_two_sentences():
+    reply = "Blocked as an insult. It is toxic. " + "More words that nobody reads. " * 50
+    generator = FakeGenerator(reply)
+    events = [
+        e async for e in moderator(generator).explain_stream(TEXT, ModerateOptions())
+    ]
+    deltas = [e for e in events if isinstance(e, str)]
+    assert len(deltas) < 12  # closed early, not 300 deltas
+    assert events[-1].text == "Blocked as an insult. It is toxic."

@@ -156,13 +156,37 @@ def prompt_messages(
     ]
 
 
+SENTENCE_END = re.compile(r"[.!?][\"”’')\]]*(?=\s|$)")
+MAX_SENTENCES = 2
+
+
+def first_sentences(text: str, count: int = MAX_SENTENCES) -> str:
+    """The first `count` complete sentences of `text` (all of it if it has fewer ends)."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    if len(ends) >= count:
+        return text[: ends[count - 1]].strip()
+    return text[: ends[-1]].strip() if ends else text.strip()
+
+
+def generation_complete(generated: str, want_rewrite: bool) -> bool:
+    """Whether the generated text already holds all we use, so generation can stop early."""
+    match = REWRITE_MARKER.search(generated)
+    if want_rewrite:
+        return match is not None and "\n" in generated[match.end():].strip(" ")
+    head = generated[: match.start()] if match else generated
+    # A sentence end is final once something follows it (the next delta may extend "..." etc.).
+    ends = [m.end() for m in SENTENCE_END.finditer(head)]
+    return match is not None or (len(ends) >= MAX_SENTENCES and ends[MAX_SENTENCES - 1] < len(head))
+
+
 def split_rewrite(generated: str) -> tuple[str, str]:
     """(explanation, rewrite) from generated text; the rewrite follows a 'Rewrite:' line."""
     match = REWRITE_MARKER.search(generated)
     if not match:
-        return generated.strip(), ""
-    rewrite = generated[match.end() :].strip().splitlines()
-    return generated[: match.start()].strip(), (rewrite[0].strip().strip('"“”') if rewrite else "")
+        return first_sentences(generated), ""
+    rewrite = generated[match.end():].strip().splitlines()
+    explanation = first_sentences(generated[: match.start()])
+    return explanation, (rewrite[0].strip().strip('"“”') if rewrite else "")
 
 
 def quotes(text: str) -> list[str]:

@@ -17,6 +17,7 @@ from service.moderation.explain import (
     SpeedEstimate,
     TextGenerator,
     evidence_explanation,
+    generation_complete,
     generator_name,
     guard,
     prompt_messages,
@@ -419,6 +420,8 @@ class Moderator:
                 async for delta in stream:
                     pieces.append(delta)
                     yield delta
+                    if generation_complete("".join(pieces), options.suggest_rewrite):
+                        break  # leaving the block closes the stream: generation stops
         except Exception as exc:
             if _is(exc, "QueueFull"):
                 failure = "overloaded"
