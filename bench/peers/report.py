@@ -66,6 +66,37 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+# issue 5: one task — ahead of every peer at every concurrency >= 4 (aim 1.3x), p99 no worse;
+# full moderation — at least 2x every peer
+TARGETS = {"one-task": 1.0, "moderation": 2.0}
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Per workload, call size and peer: the worst same-run ratios over closed-loop
+    concurrency >= 4, against the issue's targets."""
+    out = ["## Against the targets (closed loop, concurrency ≥ 4, worst point)", "",
+           "| workload | texts/call | peer | Wacht÷peer texts/s (min) | peer÷Wacht p99 (min) | "
+           "peer÷Wacht RSS (min) | target | met |",
+           "|---|---:|---|---:|---:|---:|---:|---|"]
+    keys = sorted({(r["workload"], r["texts_per_call"], r["stack"]) for r in rows
+                   if r["stack"] != "wacht" and r["mode"] == "closed"})
+    for workload, per_call, stack in keys:
+        pts = [r["vs_wacht"] for r in rows if (r["workload"], r["texts_per_call"], r["stack"])
+               == (workload, per_call, stack) and r["mode"] == "closed" and r["level"] >= 4]
+        tput = [1 / v["texts_per_s"] for v in pts if v.get("texts_per_s")]
+        p99 = [v["p99_ms"] for v in pts if v.get("p99_ms")]
+        rss = [v["rss"] for v in pts if v.get("rss")]
+        if not tput:
+            continue
+        need = TARGETS.get(workload, 1.0)
+        met = min(tput) >= need and (workload != "one-task" or not p99 or min(p99) >= 1.0)
+        out.append(f"| {workload} | {per_call} | {stack} | {min(tput):.2f} | "
+                   f"{min(p99) if p99 else float('nan'):.2f} | "
+                   f"{min(rss) if rss else float('nan'):.2f} | ≥ {need:g}× | "
+                   f"{'yes' if met else 'NO'} |")
+    return [*out, ""]
+
+
 def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
     out = ["# Wacht vs peers: side-by-side results", "",
            f"Run: {meta.get('started')} · repeats {meta.get('repeats')} · duration per point "
@@ -76,6 +107,7 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
            "for the stack, so > 1 means Wacht is better). Peak RSS is the sum over the server's "
            "process tree (shared pages counted per process); peak PSS counts them once. "
            "Errors are summed over repeats.", ""]
+    out += targets(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["workload"], row["texts_per_call"], row["mode"])].append(row)
@@ -108,6 +140,7 @@ def plots(rows: list[dict], records: list[dict], out: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     closed = [r for r in rows if r["mode"] == "closed"]
@@ -146,6 +179,7 @@ def plots(rows: list[dict], records: list[dict], out: Path,
                 if lat:
                     ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=stack)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("latency ms (all repeats pooled)")
             ax.set_ylabel("fraction of calls")
             ax.set_title(f"{workload}, {per_call} text(s)/call, concurrency {cdf_concurrency}")

@@ -61,7 +61,9 @@ def manifest_max_length(model_dir: Path) -> int | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=Path, required=True,
+    p.add_argument("--report-only", type=Path, default=None, metavar="RAW_JSON",
+                   help="only rebuild the tables and plots in --out from a raw JSON of a run")
+    p.add_argument("--models", type=Path, default=None,
                    help="folder from prepare_models.py: hf/<task>/ and onnx/<task>/")
     p.add_argument("--wacht-model", type=Path, default=REPO / "models" / "minilm-moderation",
                    help="Wacht model directory for full moderation")
@@ -97,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds per stack: check every stack starts and answers; writes under "
                         "OUT/raw/smoke")
     args = p.parse_args(argv)
+    if args.models is None and args.report_only is None:
+        p.error("--models is required (the folder prepare_models.py wrote)")
     if args.smoke:
         args.concurrency, args.batch_concurrency = [1, 4], [1]
         args.rates, args.duration, args.max_requests, args.repeats = "2", 1.0, 10, 1
@@ -322,8 +326,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    args = parse_args()
+    if args.report_only:
+        for path in write_report(json.loads(args.report_only.read_text()), args.out):
+            print(f"wrote {path}")
+        return
     try:
-        code = asyncio.run(main_async(parse_args()))
+        code = asyncio.run(main_async(args))
     finally:
         for server in list(LIVE):   # belt and braces: no stray servers, whatever happened
             server.stop()
