@@ -53,7 +53,20 @@ def build_stand_in(task: str, out: Path, seed: int = 0) -> None:
 
 CATEGORIES = {"offensive": "toxicity", "hate": "hate", "insult": "insult",
               "profanity": "profanity"}
-STAND_IN_MAX_LENGTH = 256
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "models" / "minilm-moderation" / \
+    "manifest.yaml"
+
+
+def default_max_length() -> int:
+    """The window of Wacht's default model (so Wacht's one-task directory truncates like the
+    model it stands beside), else 256."""
+    import re
+
+    if DEFAULT_MANIFEST.exists():
+        found = re.search(r"^max_length:\s*(\d+)", DEFAULT_MANIFEST.read_text(), re.MULTILINE)
+        if found:
+            return int(found.group(1))
+    return 256
 
 
 def _task_yaml(task: str, output: str, config: dict) -> list[str]:
@@ -69,15 +82,16 @@ def _task_yaml(task: str, output: str, config: dict) -> list[str]:
 
 
 def write_wacht_dir(out: Path, onnx_file: Path, tokenizer: Path, name: str,
-                    tasks: list[tuple[str, str, dict]], inputs: list[str], source: str) -> None:
+                    tasks: list[tuple[str, str, dict]], inputs: list[str], source: str,
+                    max_length: int) -> None:
     """A Wacht model directory (docs/model-directory.md) around an existing ONNX file."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shutil.copyfile(onnx_file, out / "model.onnx")
     shutil.copyfile(tokenizer, out / "tokenizer.json")
     manifest = [f"name: {name}", "version: 0.0.0-bench", "precision: fp32",
-                f"max_length: {STAND_IN_MAX_LENGTH}",
-                f"window_stride: {STAND_IN_MAX_LENGTH * 3 // 4}",
+                f"max_length: {max_length}",
+                f"window_stride: {max_length * 3 // 4}",
                 f"inputs: [{', '.join(inputs)}]", "tasks:"]
     for task, output, config in tasks:
         manifest += _task_yaml(task, output, config)
@@ -147,7 +161,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--hf", action="append", default=[], metavar="TASK=HF_DIR")
     parser.add_argument("--stand-in", action="store_true", help="random heads on the base MiniLM")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="window of the Wacht directories written (default: the default "
+                             "model's manifest, else 256)")
     args = parser.parse_args()
+    args.max_length = args.max_length or default_max_length()
 
     import torch
 
@@ -178,7 +196,7 @@ def main() -> None:
         onnx_file = onnx_dest / "model.onnx"
         write_wacht_dir(args.out / "wacht" / task, onnx_file, onnx_dest / "tokenizer.json",
                         f"bench-{task}", [(task, "logits", config)], _onnx_inputs(onnx_file),
-                        f"the peers' ONNX export of {hf_dest}")
+                        f"the peers' ONNX export of {hf_dest}", args.max_length)
         print(f"{task}: {hf_dest} -> {onnx_file}, {args.out / 'wacht' / task}")
     if args.stand_in:
         onnx_file = args.out / "build" / "moderation.onnx"
@@ -188,7 +206,8 @@ def main() -> None:
         write_wacht_dir(args.out / "wacht" / "moderation", onnx_file,
                         args.out / "onnx" / "toxicity" / "tokenizer.json", "bench-moderation",
                         [(t, f"{t}_logits", configs[t]) for t in STAND_IN_HEADS],
-                        _onnx_inputs(onnx_file), "stand-in heads on the base MiniLM, shared")
+                        _onnx_inputs(onnx_file), "stand-in heads on the base MiniLM, shared",
+                        args.max_length)
         print(f"moderation (stand-in, multi-head): {args.out / 'wacht' / 'moderation'}")
 
 
