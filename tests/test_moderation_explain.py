@@ -59,6 +59,8 @@ def test_quotes_finds_all_quote_styles_but_not_apostrophes():
         ("Flagged for toxicity.", "guard_categories"),
         ('Flagged as "insult" and "toxicity" for the words “IDIOT”.', ""),
         ("", "guard_categories"),
+        ("An insult and toxic: it was not only a joke but also not only a joke but also not "
+         "only a joke but also rude.", "guard_repetition"),
     ],
 )
 def test_guard(generated, verdict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -124,24 +125,28 @@ def evidence_explanation(
     )
 
 
+PROMPT_DECISIONS = {"review": "held for review", "block": "blocked", "allow": "allowed"}
+
+
 def prompt_messages(
     text: str, decision: str, reasons: list[ReasonOutcome], suggest_rewrite: bool
 ) -> list[dict[str, str]]:
-    """Chat messages asking for a short explanation (and a rewrite) of a moderation decision."""
+    """Chat messages asking for a short explanation (and a rewrite) of a moderation decision.
+
+    Worded for small instruct models: the decision is "held for review" (a bare "review" reads
+    as a product review) and the answer is asked to start with a sentence that names the
+    categories, which is what the guard checks."""
     shown = text if len(text) <= PROMPT_TEXT_CHARS else text[:PROMPT_TEXT_CHARS] + " …"
-    names = ", ".join(_human(r.category) for r in reasons)
+    names = " and ".join(_human(r.category) for r in reasons)
     phrases = [s.text for r in reasons for s in r.spans[:2]]
-    lines = [
-        f'Text: "{shown}"',
-        f"Decision: {DECISION_WORDS.get(decision, decision).lower()}",
-        f"Categories: {names}",
-    ]
+    action = PROMPT_DECISIONS.get(decision, decision)
+    lines = [f'Message: "{shown}"', f"Flagged as: {names} ({action})"]
     if phrases:
-        lines.append("Words that triggered it: " + ", ".join(f'"{p}"' for p in phrases))
+        lines.append("Key words: " + ", ".join(f'"{p}"' for p in dict.fromkeys(phrases)))
     task = (
-        f"In one or two short sentences, explain why the text was "
-        f"{DECISION_WORDS.get(decision, decision).lower()}. Mention the categories {names}. "
-        "Only quote words that appear in the text."
+        f"Explain in one or two short sentences why the message counts as {names}. "
+        f'Start with "This message was {action} for {names} because". '
+        "Quote only words that appear in the message."
     )
     if suggest_rewrite:
         task += " Then write one line that starts with 'Rewrite:' and gives a polite version."
@@ -149,8 +154,8 @@ def prompt_messages(
     return [
         {
             "role": "system",
-            "content": "You are a content moderation assistant. You explain moderation "
-            "decisions briefly, factually and politely.",
+            "content": "You are a content moderator. You explain briefly and factually why a "
+            "message was flagged.",
         },
         {"role": "user", "content": "\n".join(lines)},
     ]
@@ -208,13 +213,23 @@ def names_category(text: str, category: str) -> bool:
     ) or any(term in lowered for term in terms(category) if " " in term)
 
 
+def repetitive(text: str, n: int = 4, limit: int = 3) -> bool:
+    """Whether some run of `n` words occurs `limit` times or more (a looping small model)."""
+    words = re.findall(r"\w+", text.casefold())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return any(count >= limit for count in Counter(grams).values())
+
+
 def guard(generated: str, source: str, categories: list[str]) -> str:
-    """'' if `generated` may be shown; else 'guard_categories' or 'guard_quote'."""
+    """'' if `generated` may be shown; else why not: 'guard_categories' (a flagged category is
+    not named), 'guard_quote' (a quote is not in the input) or 'guard_repetition' (it loops)."""
     if not generated.strip():
         return "guard_categories" if categories else ""
     missing = [c for c in categories if not names_category(generated, c)]
     if missing:
         return "guard_categories"
+    if repetitive(generated):
+        return "guard_repetition"
     allowed_labels = {t for c in categories for t in terms(c)}
     haystack = _norm(source)
     for quoted in quotes(generated):

@@ -46,7 +46,8 @@ class ExplanationOutcome:
     text: str
     reasons: list[ReasonOutcome]
     fallback: bool = False
-    fallback_reason: str = ""  # guard_categories | guard_quote | no_generator | deadline |
+    fallback_reason: str = ""  # guard_categories | guard_quote | guard_repetition |
+    #                             no_generator | deadline |
     #                             overloaded | error
     suggested_rewrite: str = ""
     generator: str = ""
