@@ -84,7 +84,11 @@ def derive_chat_format(tokenizer: Any) -> ChatFormat:
         raise RecipeError("the tokenizer has no chat template")
 
     def render(messages: list[dict[str, str]], prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        eos = getattr(tokenizer, "eos_token", None)
+        if not prompt and eos and text.endswith(eos):  # Phi-3 closes a finished chat with EOS
+            text = text[: -len(eos)]
+        return text
 
     s, u, a, u2 = (_MARK.format(n) for n in "SUAV")
     full = [
@@ -137,7 +141,7 @@ def derive_chat_format(tokenizer: Any) -> ChatFormat:
             prefix=prefix,
             default_system=default_system,
         )
-    except ValueError as exc:
+    except Exception as exc:  # template errors (e.g. no system role) and failed splits
         raise RecipeError(f"cannot reduce the chat template to strings: {exc}") from exc
     for probe in (
         full,

@@ -31,7 +31,13 @@ LLAMA3 = (
 )
 PHI3 = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}"
+    "{% else %}{{ eos_token }}{% endif %}"
+)
+NO_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<' + m['role'] + '>' + m['content'] + '</>' }}{% endfor %}"
 )
 
 
@@ -45,13 +51,15 @@ def built_explainer() -> Path:
     return EXPLAINER_DIR
 
 
-def _tokenizer(template: str, bos: str = "<|im_start|>"):
+def _tokenizer(template: str, bos: str = "<|im_start|>", eos: str = "<|endoftext|>"):
     from transformers import PreTrainedTokenizerFast
 
     source = EXPLAINER_DIR if EXPLAINER_DIR.is_dir() else None
     if source is None:
         pytest.skip("needs the built explainer's tokenizer.json")
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), bos_token=bos)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(source / "tokenizer.json"), bos_token=bos, eos_token=eos
+    )
     tok.chat_template = template
     return tok
 
@@ -100,8 +108,9 @@ def test_a_template_that_cannot_be_reduced_is_refused(built_explainer: Path):
     from models.explainer import RecipeError, derive_chat_format
 
     clever = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
-    with pytest.raises(RecipeError):
-        derive_chat_format(_tokenizer(clever))
+    for template in (clever, NO_SYSTEM):
+        with pytest.raises(RecipeError):
+            derive_chat_format(_tokenizer(template))
 
 
 def test_a_local_hf_directory_is_accepted_as_source(built_explainer: Path, tmp_path: Path):
