@@ -89,22 +89,29 @@ def run_sorted(engine: Any, texts: list[str], tokens: int, size: int) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-async def overhead_ms(engine: Any, texts: list[str], **config: Any) -> tuple[float, float]:
+async def overhead_ms(
+    engine: Any, texts: list[str], rounds: int = 4, **config: Any
+) -> tuple[float, float]:
     """p50 latency of one text: raw engine.predict vs through the Batcher at concurrency 1.
-    The two are interleaved text by text so that load from other processes hits both."""
+    Alternating blocks of texts (not single texts, which would bounce the work between
+    threads and cores) so that drifting load from other processes hits both alike."""
     from service.batching.batcher import Batcher, BatchingConfig
 
     batcher = Batcher(engine, BatchingConfig(**config))
     await batcher.start()
     raw, batched = [], []
+    block = max(1, len(texts) // rounds)
     try:
-        for text in texts:
-            started = time.perf_counter()
-            engine.predict([text])
-            raw.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            await batcher.score([text])
-            batched.append((time.perf_counter() - started) * 1000)
+        for start in range(0, len(texts), block):
+            chunk = texts[start : start + block]
+            for text in chunk:
+                began = time.perf_counter()
+                engine.predict([text])
+                raw.append((time.perf_counter() - began) * 1000)
+            for text in chunk:
+                began = time.perf_counter()
+                await batcher.score([text])
+                batched.append((time.perf_counter() - began) * 1000)
     finally:
         await batcher.stop()
     return statistics.median(raw), statistics.median(batched)
