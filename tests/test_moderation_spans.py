@@ -128,3 +128,11 @@ async def test_budget_is_respected_for_medium_texts(words, calls_made):
     text = " ".join(f"w{i}" for i in range(words)) + " scum"
     spans, variants, calls = await spans_for(text, {"scum": 0.9}, SpanConfig(max_variants=48))
     assert variants <= 48 and spans[0].text == "scum" and len(calls) == calls_made
+
+
+async def test_very_long_text_keeps_the_bound():
+    filler = " ".join(f"w{i}" for i in range(3000))
+    text = filler[:9000] + " scumbag " + filler[9000:]
+    spans, variants, calls = await spans_for(text, {"scumbag": 0.9})
+    assert variants <= 48 and sum(len(c) for c in calls) == variants
+    assert spans[0].text == "scumbag"

@@ -208,9 +208,11 @@ async def find_spans(
     if len(units) <= config.segment_units:
         found, variants = await _occlude(text, units, base, rescore, config, config.max_variants)
         return _outcomes(text, offsets, found, 0, base), variants
-    step = config.segment_units - config.segment_overlap
+    # At most half the budget on segments: very long texts get longer segments.
+    size = max(config.segment_units, math.ceil(len(units) / max(1, config.max_variants // 2)))
+    step = size - config.segment_overlap
     bounds = [
-        (first, min(len(units), first + config.segment_units))
+        (first, min(len(units), first + size))
         for first in range(0, len(units) - config.segment_overlap, step)
     ]
     pieces = [text[units[a].begin:units[b - 1].end] for a, b in bounds]
