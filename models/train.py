@@ -210,24 +210,37 @@ def train(cfg: TrainConfig) -> Path:
         {"params": head_params, "lr": cfg.head_lr, "weight_decay": 0.0},
     ])
     warmup = max(1, int(cfg.warmup * total_steps))
+    budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
 
-    def schedule(step: int) -> float:
+    def lr_factor(step: int, elapsed: float) -> float:
+        # Linear warmup, then linear decay to 0 at the end of the planned steps or of the
+        # time budget, whichever comes first (a slow, shared CPU still gets a full decay).
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        progress = max(step / total_steps, elapsed / budget)
+        start = warmup / total_steps
+        return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - start))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     started = time.monotonic()
     last_save = started
     step = 0
-    stopped_early = False
+    stopped_by_time = False
     epoch = 0
     running = 0.0
-    while step < total_steps:
+    while step < total_steps and not stopped_by_time:
         rows = [by_example[id(e)] for e in epoch_sample(sources, cfg.caps, rng)]
         for batch in make_batches(rows, cfg.batch_size, rng):
+            elapsed = time.monotonic() - started
             if step >= total_steps:
                 break
+            if elapsed >= budget:
+                log.warning("time budget reached at step %d of %d", step, total_steps)
+                stopped_by_time = True
+                break
+            factor = lr_factor(step, elapsed)
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * factor
             model.train()
             b = collate(batch, cfg.device)
             sent, tox = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -235,25 +248,18 @@ def train(cfg: TrainConfig) -> Path:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             value = loss.item()
             running = 0.98 * running + 0.02 * value if step > 1 else value
-            elapsed = time.monotonic() - started
             if step % 50 == 0 or step == 1:
-                log.info("epoch %d step %d/%d loss %.4f %.2f steps/s elapsed %.1f min", epoch,
-                         step, total_steps, running, step / elapsed, elapsed / 60)
+                elapsed = time.monotonic() - started
+                log.info("epoch %d step %d/%d loss %.4f lr x%.3f %.2f steps/s %.1f min", epoch,
+                         step, total_steps, running, factor, step / elapsed, elapsed / 60)
             if time.monotonic() - last_save > cfg.save_minutes * 60:
                 save_checkpoint(model, out / "checkpoint", {"step": step, "partial": True})
                 last_save = time.monotonic()
-            if elapsed > cfg.max_minutes * 60:
-                log.warning("max-minutes reached at step %d of %d", step, total_steps)
-                stopped_early = True
-                break
         epoch += 1
-        if stopped_early:
-            break
     train_minutes = (time.monotonic() - started) / 60
     model.eval()
     thresholds, threshold_report = choose_thresholds(model, tok, data, cfg.device)
@@ -265,7 +271,7 @@ def train(cfg: TrainConfig) -> Path:
         "train_config": asdict(cfg),
         "steps": step,
         "planned_steps": total_steps,
-        "stopped_early": stopped_early,
+        "stopped_early": stopped_by_time,
         "train_minutes": round(train_minutes, 1),
         "train_sizes": {name: len(rows) for name, rows in sources.items()},
         "examples_per_epoch": per_epoch,
@@ -292,7 +298,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", type=float, default=d.head_lr)
     p.add_argument("--device", default=d.device, choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--max-minutes", type=float, default=d.max_minutes)
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                   help="time budget; the LR decays to 0 by then (0: steps only, reproducible)")
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--train-word-embeddings", action="store_true",
                    help="also fine-tune the word-embedding table (4x slower on CPU)")

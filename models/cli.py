@@ -1,0 +1,74 @@
+"""`wacht models import|eval|build|export-hf ...` (also `python -m models.cli ...`).
+
+`eval` runs in the serving environment; `import`, `build` and `export-hf` need the `train`
+extra (torch, transformers, optimum), imported only when those commands run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from models.data import DEFAULT_DATA_DIR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wacht models", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model directory on ../shared/data")
+    ev.add_argument("model_dir")
+    ev.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--out", help="also write the metrics to this file (e.g. metrics.json)")
+    ev.add_argument("--threads", type=int, default=2)
+
+    imp = sub.add_parser("import", help="HF sequence-classification checkpoint -> model dir")
+    imp.add_argument("hf_dir")
+    imp.add_argument("out_dir")
+    imp.add_argument("--name", help="model name (default: OUT_DIR's name)")
+    imp.add_argument("--task", help="task name (default: toxicity / sentiment / classification)")
+    imp.add_argument("--category", action="append", default=[], metavar="LABEL=CANONICAL",
+                     help="map a label to a canonical category; LABEL= removes it")
+    imp.add_argument("--max-length", type=int)
+    imp.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
+
+    hf = sub.add_parser("export-hf", help="one head of a checkpoint -> standard HF model")
+    hf.add_argument("checkpoint")
+    hf.add_argument("out_dir")
+    hf.add_argument("--task", required=True, help="toxicity | sentiment")
+
+    sub.add_parser("build", help="train, export, quantise, evaluate (python -m models.build)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["build"]:
+        from models.build import main as build_main
+
+        return build_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        from models.evaluate import main as eval_main
+
+        return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
+    if args.command == "import":
+        from models.importer import import_hf, parse_category_overrides
+
+        out = import_hf(args.hf_dir, args.out_dir, name=args.name, task=args.task,
+                        categories=parse_category_overrides(args.category),
+                        max_length=args.max_length, int8=args.int8)
+        print(f"wrote {out}")
+        return 0
+    if args.command == "export-hf":
+        from models.hf_export import export_hf
+
+        print(f"wrote {export_hf(args.checkpoint, args.out_dir, args.task)}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
