@@ -157,6 +157,8 @@ class Batcher:
 
     @property
     def queue_texts(self) -> int:
+        """Texts admitted and not yet answered (tokenising, queued or running): the number
+        max_queue_texts bounds."""
         return self._queued_texts
 
     @property
