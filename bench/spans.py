@@ -115,7 +115,8 @@ async def run(args: argparse.Namespace) -> int:
     engine, batcher = await make_batcher(Path(args.model))
     policies = PolicyStore.load(Path(args.policies), manifest_thresholds(engine.manifest))
     moderator = Moderator(
-        batcher, engine.manifest, policies, spans=SpanConfig(max_variants=args.max_variants)
+        batcher, engine.manifest, policies,
+        spans=SpanConfig(max_variants=args.max_variants, mask=args.mask),
     )
     rng = random.Random(args.seed)
     phrases = offensive_phrases(DATA)
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-variants", type=int, default=48)
+    parser.add_argument("--mask", default="", help="replacement for a masked word ('' deletes)")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
 

@@ -44,6 +44,7 @@ class SpanConfig:
     coarse_share: float = 0.67  # of the budget, for the coarse stage on long texts
     segment_units: int = 96  # words per segment of a text longer than that (~1 window)
     segment_overlap: int = 8
+    mask: str = ""  # what replaces a masked unit: "" deletes it
 
 
 def _is_cjk(cp: int) -> bool:
@@ -165,9 +166,9 @@ class _Candidate:
         return self.last - self.first
 
 
-def _masked(text: str, units: list[Unit], cand: _Candidate) -> str:
+def _masked(text: str, units: list[Unit], cand: _Candidate, mask: str = "") -> str:
     begin, end = units[cand.first].begin, units[cand.last - 1].end
-    return text[:begin] + text[end:]
+    return text[:begin] + mask + text[end:]
 
 
 def _fine_candidates(first: int, last: int, max_phrase: int, budget: int) -> list[_Candidate]:
@@ -275,7 +276,7 @@ async def _occlude(
     else:
         coarse_budget = max(2, int(budget * config.coarse_share))
         chunks = _chunks(n, coarse_budget)
-        scores = await rescore([_masked(text, units, c) for c in chunks])
+        scores = await rescore([_masked(text, units, c, config.mask) for c in chunks])
         measured.update(zip(chunks, scores, strict=True))
         budget = max(0, budget - len(chunks))
         focus: list[_Candidate] = []
@@ -291,7 +292,7 @@ async def _occlude(
             )
         candidates = candidates[:budget]
     if candidates:
-        scores = await rescore([_masked(text, units, c) for c in candidates])
+        scores = await rescore([_masked(text, units, c, config.mask) for c in candidates])
         measured.update(zip(candidates, scores, strict=True))
     found = []
     for category, score in base.items():
