@@ -189,6 +189,48 @@ def export_onnx(hf_dir: Path, out_dir: Path) -> None:
     )
 
 
+def _large(path: Path) -> bool:
+    """Over protobuf's 2 GB limit with its weights: must be saved with external data."""
+    return sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file()) > 1_800_000_000
+
+
+def slice_logits_to_last(src: Path, dst: Path) -> bool:
+    """Apply the LM head to the last position only: generation reads nothing else, and on a
+    long prompt the full [sequence, vocab] logits cost ~20% of the prefill and much memory.
+    Returns False (and copies the graph unchanged) when the head is not a plain MatMul."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    index, head = next((i, n) for i, n in enumerate(graph.node) if "logits" in n.output)
+    changed = head.op_type == "MatMul"
+    if changed:
+        for name, value in (("start", -1), ("end", np.iinfo(np.int64).max), ("axis", 1)):
+            graph.initializer.append(
+                numpy_helper.from_array(np.array([value], np.int64), f"wacht_last_{name}")
+            )
+        last = helper.make_node(
+            "Slice",
+            [head.input[0], "wacht_last_start", "wacht_last_end", "wacht_last_axis"],
+            ["wacht_last_hidden"],
+            name="wacht_last_position",
+        )
+        head.input[0] = "wacht_last_hidden"
+        graph.node.insert(index, last)
+        for output in graph.output:
+            if output.name == "logits":
+                dim = output.type.tensor_type.shape.dim[1]
+                dim.Clear()
+                dim.dim_value = 1
+    if _large(src):
+        onnx.save_model(model, str(dst), save_as_external_data=True, location="model.onnx_data")
+    else:
+        onnx.save_model(model, str(dst))
+    return changed
+
+
 def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -198,6 +240,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul"],
         per_channel=True,
+        use_external_data_format=_large(src),
     )
 
 
@@ -271,16 +314,19 @@ def build(
         del model
         log.info("exporting to ONNX (text-generation-with-past)")
         export_onnx(hf_dir, onnx_dir)
+        edited = Path(tmp) / "edited"
+        edited.mkdir()
+        last_only = slice_logits_to_last(onnx_dir / "model.onnx", edited / "model.onnx")
+        log.info("logits: %s", "last position only" if last_only else "every position")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         if precision == "int8":
             log.info("quantising MatMul weights to int8")
-            quantize_int8(onnx_dir / "model.onnx", out / "model.onnx")
+            quantize_int8(edited / "model.onnx", out / "model.onnx")
         else:
-            for f in onnx_dir.iterdir():
-                if f.name == "model.onnx" or f.name.startswith("model.onnx_data"):
-                    shutil.copy2(f, out / f.name)
+            for f in edited.iterdir():
+                shutil.copy2(f, out / f.name)
         tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     generation = {"chat_format": fmt.to_json(), "eos_token_ids": eos}
     (out / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
@@ -292,6 +338,7 @@ def build(
         "precision": precision,
         "context_length": context,
         "eos_token_ids": eos,
+        "logits": "last" if last_only else "all",
         "provenance": {
             "base_model": base,
             "base_model_license": license_,

@@ -70,6 +70,7 @@ def test_default_build_is_a_complete_verified_directory(built_explainer: Path):
     assert manifest["name"] == "smollm2-135m-instruct"
     assert manifest["context_length"] == 8192
     assert 2 in manifest["eos_token_ids"] and 1 not in manifest["eos_token_ids"]
+    assert manifest["logits"] == "last" and manifest["precision"] == "fp32"
     sums = read_sha256sums(built_explainer)
     assert {"model.onnx", "tokenizer.json", "generation.json", "manifest.yaml", "CARD.md"} <= set(
         sums
@@ -147,7 +148,8 @@ def test_a_local_hf_directory_is_accepted_as_source(built_explainer: Path, tmp_p
     onnx_logits, _ = generator.forward(ids, None, 0)
     with torch.no_grad():
         torch_logits = model(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=1e-3)
+    assert onnx_logits.shape == (1, 49152)  # LM head on the last position only
+    np.testing.assert_allclose(onnx_logits[-1], torch_logits[-1], atol=1e-4, rtol=1e-3)
 
     stats = GenerationStats()
     text = "".join(generator.stream(messages, max_new_tokens=5, stats=stats))
