@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return build_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "eval":
+        import structlog
+
         from models.evaluate import main as eval_main
+
+        # keep stdout for the results (--json is piped); runtime logs go to stderr
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
     if args.command == "import":

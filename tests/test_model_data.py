@@ -96,3 +96,42 @@ def test_evaluation_sets_have_the_documented_sizes(data):
     assert sum(olid["insult"]) == 213 and sum(olid["profanity"]) == 27
     assert len(sets["tweeteval_hate_test"].texts) == 2970
     assert set(sets["jigsaw_sample"].gold) == {"offensive", "hate", "insult", "profanity"}
+
+
+def test_serving_side_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, models.cli, models.evaluate, models.data, models.importer; "
+            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_eval_cli_on_a_small_data_dir(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from models.cli import main
+
+    model = Path(__file__).resolve().parent.parent / "models" / "minilm-moderation"
+    if not (model / "manifest.yaml").is_file():
+        pytest.skip("default model not present")
+    (tmp_path / "sst2").mkdir()
+    rows = ["what a wonderful , moving film\t1", "a dull , lifeless mess\t0",
+            "the best thing i have seen this year\t1", "tedious and badly acted\t0"]
+    (tmp_path / "sst2" / "dev.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    off = tmp_path / "tweeteval" / "offensive"
+    off.mkdir(parents=True)
+    (off / "test_text.txt").write_text("have a nice day @user\nyou are a fucking idiot\n")
+    (off / "test_labels.txt").write_text("0\n1\n")
+    out = tmp_path / "metrics.json"
+    assert main(["eval", str(model), "--data", str(tmp_path), "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed
+    assert set(printed["datasets"]) == {"sst2_dev", "tweeteval_offensive_test"}
+    sst2 = printed["datasets"]["sst2_dev"]
+    assert sst2["n"] == 4 and 0.0 <= sst2["accuracy"] <= 1.0
+    offensive = printed["datasets"]["tweeteval_offensive_test"]
+    assert offensive["labels"]["offensive"]["positives"] == 1
+    assert printed["precision"] == "int8"
