@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.batching.generation import DeadlineExceeded, GenerationQueue, QueueFull
+from service.batching.generation import DeadlineExceeded, GenerationQueue, QueueClosed, QueueFull
 from service.runtime.generator import GenerationStats
 
 MESSAGES = [{"role": "user", "content": "Explain."}]
@@ -214,3 +214,26 @@ async def test_tokens_per_second_is_measured_from_completed_generations():
     # the fake reports 0.05 s per decode step: 20 tokens/s
     assert queue.tokens_per_second == pytest.approx(20.0)
     assert queue.estimate_seconds(40) == pytest.approx(2.0, rel=0.01)
+
+
+async def test_close_stops_running_and_waiting_streams_and_refuses_new_ones():
+    fake = FakeGenerator(endless=True)
+    queue = GenerationQueue(fake, max_concurrent=1, max_waiting=2)
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for delta in queue.stream(MESSAGES, max_new_tokens=10_000_000):
+            got.append(delta)
+
+    running = asyncio.create_task(consume())
+    await wait_for(lambda: len(got) >= 1)
+    waiting = asyncio.create_task(collect(queue))
+    await wait_for(lambda: queue.waiting == 1)
+    queue.close()
+    for task in (running, waiting):
+        with pytest.raises(QueueClosed):
+            await asyncio.wait_for(task, 5.0)
+    assert fake.stopped.is_set() and fake.calls == 1
+    with pytest.raises(QueueClosed):
+        await collect(queue)
+    assert queue.active == 0 and queue.waiting == 0

@@ -23,9 +23,13 @@ from typing import Protocol
 from service.batching.batcher import DeadlineExceeded, QueueFull
 from service.runtime.generator import GenerationStats
 
-__all__ = ["DeadlineExceeded", "GenerationQueue", "QueueFull", "StreamingGenerator"]
+__all__ = ["DeadlineExceeded", "GenerationQueue", "QueueClosed", "QueueFull", "StreamingGenerator"]
 
 _DONE = object()
+
+
+class QueueClosed(RuntimeError):
+    """The queue was closed (server shutting down) before or while this stream ran."""
 
 
 class StreamingGenerator(Protocol):
@@ -49,11 +53,12 @@ class StreamingGenerator(Protocol):
 class _Job:
     deadline: float | None
     gone: bool = False  # consumer went away; read by the worker thread
+    closing: bool = False  # the queue is closing
     started: bool = False
     expired: bool = False  # the deadline stopped it
 
     def should_stop(self) -> bool:
-        if self.gone:
+        if self.gone or self.closing:
             return True
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.expired = True
@@ -84,6 +89,8 @@ class GenerationQueue:
         self._tokens_per_s = 0.0  # decode, moving average; 0 until measured
         self._prefill_tokens_per_s = 0.0
         self._mean_new_tokens = 0.0
+        self._jobs: set[_Job] = set()
+        self._closed = False
         self.completed = 0
 
     @property
@@ -116,6 +123,8 @@ class GenerationQueue:
 
     def _admit(self, job: _Job) -> None:
         with self._lock:
+            if self._closed:
+                raise QueueClosed("the generation queue is closed")
             if self._active + self._waiting >= self.max_concurrent + self.max_waiting:
                 raise QueueFull(
                     self._retry_after(),
@@ -123,6 +132,7 @@ class GenerationQueue:
                     self.max_concurrent + self.max_waiting,
                 )
             self._waiting += 1
+            self._jobs.add(job)
 
     def _observe(self, stats: GenerationStats) -> None:
         a = self._smoothing
@@ -160,6 +170,7 @@ class GenerationQueue:
             self._active += 1
             job.started = True
         stats = GenerationStats()
+        last: object = _DONE
         try:
             if not job.should_stop():
                 for delta in self.generator.stream(
@@ -168,15 +179,15 @@ class GenerationQueue:
                     if job.gone:
                         break
                     emit(delta)
-            emit(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            emit(exc)
+            last = exc
         finally:
+            if stats.stop_reason in ("eos", "max_new_tokens"):
+                self._observe(stats)
             with self._lock:
                 self._active -= 1
                 self.completed += 1
-            if stats.stop_reason in ("eos", "max_new_tokens"):
-                self._observe(stats)
+            emit(last)  # after the counts: a consumer that has its end sees them settled
 
     async def stream(
         self,
@@ -204,6 +215,7 @@ class GenerationQueue:
             with self._lock:
                 self._waiting -= 1
                 job.gone = True
+                self._jobs.discard(job)
             raise
         try:
             while True:
@@ -215,12 +227,20 @@ class GenerationQueue:
                 yield item  # type: ignore[misc]
             if job.expired:
                 raise DeadlineExceeded("deadline passed during generation")
+            if job.closing:
+                raise QueueClosed("the generation queue closed during generation")
         finally:
             with self._lock:
                 if not job.started and not job.gone:
                     self._waiting -= 1
                 job.gone = True
+                self._jobs.discard(job)
 
     def close(self) -> None:
-        """Stop accepting; running generations finish (their consumers should be gone)."""
+        """Refuse new streams and stop the running and waiting ones at their next token
+        (their consumers get what was produced, then the end of the stream)."""
+        with self._lock:
+            self._closed = True
+            for job in self._jobs:
+                job.closing = True
         self._pool.shutdown(wait=False, cancel_futures=False)
