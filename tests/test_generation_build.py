@@ -155,3 +155,31 @@ def test_a_local_hf_directory_is_accepted_as_source(built_explainer: Path, tmp_p
     text = "".join(generator.stream(messages, max_new_tokens=5, stats=stats))
     assert 1 <= stats.new_tokens <= 5
     assert text == "".join(generator.stream(messages, max_new_tokens=5))
+
+
+def test_runtime_tests_pass_on_the_fresh_build(built_explainer: Path):
+    """`make test` runs the serving tests before this env builds the explainer, so on a fresh
+    clone they skip there; run them here on the build, and require that none skipped."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not train",
+            str(ROOT / "tests" / "test_generation_runtime.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "passed" in summary and "skipped" not in summary, summary
