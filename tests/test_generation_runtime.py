@@ -6,12 +6,14 @@ absent. In the training env, tests/test_generation_build.py builds it first.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.batching.generation import GenerationQueue
 from service.runtime.generator import (
     ChatFormat,
     GenerationStats,
@@ -151,3 +153,16 @@ def test_load_refuses_a_classifier_directory(tmp_path: Path):
     (tmp_path / "manifest.yaml").write_text("name: x\nversion: '1'\ntasks: []\n")
     with pytest.raises(ModelDirError, match="generator"):
         Generator.load(tmp_path, verify=False)
+
+
+async def test_queue_streams_the_real_generator_concurrently(generator: Generator):
+    expected = generator.generate(LONG, max_new_tokens=10)
+    queue = GenerationQueue(generator, max_concurrent=2)
+
+    async def run() -> list[str]:
+        return [d async for d in queue.stream(LONG, max_new_tokens=10)]
+
+    first, second = await asyncio.gather(run(), run())
+    assert "".join(first) == "".join(second) == expected
+    assert len(first) > 1  # streamed in pieces, not at once
+    assert queue.tokens_per_second > 0 and queue.active == 0
