@@ -288,6 +288,7 @@ def build(
     precision: str = "fp32",
     name: str | None = None,
     chat_format: str = "auto",
+    repetition_penalty: float = 1.0,
 ) -> Path:
     started = time.perf_counter()
     src = source or default_gguf()
@@ -328,7 +329,11 @@ def build(
             for f in edited.iterdir():
                 shutil.copy2(f, out / f.name)
         tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    generation = {"chat_format": fmt.to_json(), "eos_token_ids": eos}
+    generation = {
+        "chat_format": fmt.to_json(),
+        "eos_token_ids": eos,
+        "repetition_penalty": repetition_penalty,
+    }
     (out / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     license_ = "Apache-2.0" if source is None else "see the source model's license"
     manifest = {
@@ -366,13 +371,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--name", help="model name in the manifest")
     parser.add_argument("--chat-format", choices=("auto", "chatml"), default="auto")
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="default penalty on tokens already generated (1.0 = none), in generation.json",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = args.out or (
         DEFAULT_OUT if args.precision == "fp32" else DEFAULT_OUT.with_name(DEFAULT_NAME + "-int8")
     )
     try:
-        build(out, args.source, args.precision, args.name, args.chat_format)
+        build(
+            out, args.source, args.precision, args.name, args.chat_format, args.repetition_penalty
+        )
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

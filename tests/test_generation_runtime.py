@@ -166,3 +166,12 @@ async def test_queue_streams_the_real_generator_concurrently(generator: Generato
     assert "".join(first) == "".join(second) == expected
     assert len(first) > 1  # streamed in pieces, not at once
     assert queue.tokens_per_second > 0 and queue.active == 0
+
+
+def test_repetition_penalty_changes_greedy_text_and_must_be_positive(generator: Generator):
+    assert generator.repetition_penalty == 1.0  # the default build sets none
+    plain = generator.generate(LONG, max_new_tokens=24)
+    assert "".join(generator.stream(LONG, 24, repetition_penalty=1.0)) == plain
+    assert "".join(generator.stream(LONG, 24, repetition_penalty=3.0)) != plain
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generator.stream(LONG, 8, repetition_penalty=0.0)

@@ -175,8 +175,10 @@ class Generator:
         session: ort.InferenceSession,
         tokenizer: Tokenizer,
         chat_format: ChatFormat,
+        repetition_penalty: float = 1.0,
     ) -> None:
         self.path = path
+        self.repetition_penalty = repetition_penalty
         self.manifest = manifest
         self.name = manifest.name
         self.session = session
@@ -208,6 +210,7 @@ class Generator:
         try:
             generation = json.loads((root / GENERATION_FILE).read_text(encoding="utf-8"))
             chat_format = ChatFormat.from_json(generation["chat_format"])
+            penalty = float(generation.get("repetition_penalty", 1.0))
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise ModelDirError(f"{root / GENERATION_FILE}: {exc!r}") from exc
         options = ort.SessionOptions()
@@ -220,7 +223,7 @@ class Generator:
         tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        return cls(root, manifest, session, tokenizer, chat_format)
+        return cls(root, manifest, session, tokenizer, chat_format, penalty)
 
     @property
     def context_length(self) -> int:
@@ -265,8 +268,13 @@ class Generator:
         *,
         seed: int | None = None,
         stats: GenerationStats | None = None,
+        repetition_penalty: float | None = None,
     ) -> Iterator[str]:
-        """Yield text deltas of the assistant's reply (chat template applied)."""
+        """Yield text deltas of the assistant's reply (chat template applied).
+
+        repetition_penalty (> 1 discourages) applies to tokens already generated, not to the
+        prompt, so quoting the input and naming categories stay cheap; None = the directory's
+        default (generation.json), else 1.0."""
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         stats = stats if stats is not None else GenerationStats()
@@ -274,7 +282,10 @@ class Generator:
         stats.prompt_tokens = len(prompt)
         if len(prompt) + max_new_tokens > self.context_length:
             raise PromptTooLong(len(prompt), max_new_tokens, self.context_length)
-        return self._decode(prompt, max_new_tokens, temperature, should_stop, seed, stats)
+        penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
+        if penalty <= 0:
+            raise ValueError("repetition_penalty must be positive")
+        return self._decode(prompt, max_new_tokens, temperature, should_stop, seed, stats, penalty)
 
     def _decode(
         self,
@@ -284,8 +295,10 @@ class Generator:
         should_stop: Callable[[], bool] | None,
         seed: int | None,
         stats: GenerationStats,
+        penalty: float,
     ) -> Iterator[str]:
         rng = np.random.default_rng(seed)
+        generated: list[int] = []
         detok = _Detokenizer(self.tokenizer)
         if should_stop is not None and should_stop():
             stats.stop_reason = "stopped"
@@ -296,11 +309,18 @@ class Generator:
         length = len(prompt)
         decode_started = time.perf_counter()
         while True:
-            token = _pick(logits[-1], temperature, rng)
+            scores = logits[-1]
+            if penalty != 1.0 and generated:
+                seen = np.unique(np.asarray(generated))
+                scores = scores.copy()
+                values = scores[seen]
+                scores[seen] = np.where(values > 0, values / penalty, values * penalty)
+            token = _pick(scores, temperature, rng)
             if token in self._eos:
                 stats.stop_reason = "eos"
                 break
             stats.new_tokens += 1
+            generated.append(token)
             delta = detok.push(token)
             if delta:
                 yield delta
