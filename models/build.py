@@ -78,6 +78,63 @@ def write_dir(out: Path, onnx_file: Path, precision: str, meta: dict, data: Path
     write_sha256sums(out)
 
 
+def logit_cutoffs(model) -> list[np.ndarray | None]:  # noqa: ANN001
+    """Per head: None (argmax) for softmax, the logits of the default thresholds for sigmoid."""
+    out: list[np.ndarray | None] = []
+    for h in model.head_specs:
+        if h.activation == "softmax":
+            out.append(None)
+        else:
+            t = np.array([h.thresholds.get(label, 0.5) for label in h.labels])
+            out.append(np.log(t / (1 - t)))
+    return out
+
+
+def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuild,  # noqa: ANN001
+                reference, ref_decided):  # noqa: ANN001, ANN202
+    """Compare schemes on a sample, then evaluate the fastest candidates on every eval set and
+    ship the first within 1 point of fp32 on every headline metric with >= 99% label
+    agreement on every set (if none is, the one with the fewest shortfalls)."""
+    from models import export
+    from models.evaluate import agreement, evaluate, worse_than
+
+    if args.scheme:
+        table: list[dict] = []
+        ranked = [args.scheme]
+    else:
+        speed = sample_windows(data, per_set=40)
+        table = export.compare_schemes(fp32, work, windows, names, logit_cutoffs(model), speed,
+                                       seconds=args.bench_seconds)
+        ranked = [r["scheme"] for r in export.rank_schemes(table)]
+        if not ranked:
+            int8_rows = [r for r in table if r["scheme"] not in ("fp32", "fused-fp32")]
+            ranked = [r["scheme"] for r in sorted(int8_rows, key=lambda r: -min(r["agreement"]))]
+    tries = []
+    best = None
+    for name in ranked[: args.max_tries]:
+        scheme = next(s for s in export.SCHEMES if s.name == name)
+        final = export.quantize(fp32, work / f"int8-{name}.onnx", scheme, work)
+        write_dir(out, final, "int8", meta, data, rebuild)
+        shipped, decided = evaluate(out, data)
+        agree = agreement(decided, ref_decided)
+        worse = worse_than(shipped, reference)
+        low = {k: v for k, v in agree.items() if v < 0.99}
+        tries.append({"scheme": name, "worse_than_fp32_by_over_1_point": worse,
+                      "agreement_below_99": low})
+        log.info("int8 %s: %d metrics >1 point below fp32, %d sets below 99%% agreement",
+                 name, len(worse), len(low))
+        shortfalls = len(worse) + len(low)
+        if best is None or shortfalls < best[0]:
+            best = (shortfalls, name, final, shipped, decided)
+        if shortfalls == 0:
+            break
+    assert best is not None
+    _, name, final, shipped, decided = best
+    if name != tries[-1]["scheme"]:
+        write_dir(out, final, "int8", meta, data, rebuild)
+    return shipped, decided, name, table, tries
+
+
 def build(args: argparse.Namespace) -> Path:
     from models import export
     from models.card import render
@@ -109,36 +166,28 @@ def build(args: argparse.Namespace) -> Path:
 
     names = [h.output for h in model.head_specs]
     metrics: dict = {"model": DEFAULT_MODEL_NAME, "version": VERSION, "parity": parity}
+    by_precision: dict[str, dict] = {}
     if args.variant == "int8":
-        if args.scheme:
-            scheme = next(s for s in export.SCHEMES if s.name == args.scheme)
-            table = []
-        else:
-            speed = sample_windows(data, per_set=40)
-            table = export.compare_schemes(fp32, work, windows, names, speed,
-                                           seconds=args.bench_seconds)
-            chosen = export.pick_scheme(table)
-            scheme = next(s for s in export.SCHEMES if s.name == chosen["scheme"])
-        final = export.quantize(fp32, work / "int8.onnx", scheme, work)
-        metrics["quantisation"] = {"chosen": scheme.name, "table": table}
-    elif args.variant == "fp16":
-        final = export.to_fp16(fp32, work / "fp16.onnx")
-    else:
-        final = fp32
-
-    write_dir(out, final, args.variant, meta, data, rebuild)
-    shipped, decided = evaluate(out, data)
-    by_precision = {args.variant: shipped}
-    if args.variant != "fp32" and not args.skip_fp32_eval:
         fp32_dir = work / "fp32-dir"
         write_dir(fp32_dir, fp32, "fp32", meta, data, rebuild)
         reference, ref_decided = evaluate(fp32_dir, data)
         by_precision["fp32"] = reference
-        metrics[f"{args.variant}_vs_fp32_agreement"] = agreement(decided, ref_decided)
-        metrics["int8_vs_fp32_agreement"] = metrics[f"{args.variant}_vs_fp32_agreement"]
+        shipped, decided, chosen, table, tries = choose_int8(
+            args, model, fp32, work, windows, names, out, meta, data, rebuild, reference,
+            ref_decided)
+        by_precision["int8"] = shipped
+        metrics["int8_vs_fp32_agreement"] = agreement(decided, ref_decided)
+        metrics["quantisation"] = {"chosen": chosen, "table": table, "tries": tries,
+                                   "sample_texts": len(windows)}
+    else:
+        final = export.to_fp16(fp32, work / "fp16.onnx") if args.variant == "fp16" else fp32
+        write_dir(out, final, args.variant, meta, data, rebuild)
+        shipped, _ = evaluate(out, data)
+        by_precision[args.variant] = shipped
     metrics.update({
         "precision": args.variant, "datasets": shipped["datasets"],
-        "by_precision": by_precision, "thresholds": meta.get("thresholds", {}),
+        "by_precision": {k: by_precision[k] for k in sorted(by_precision, reverse=True)},
+        "thresholds": meta.get("thresholds", {}),
         "training": {k: meta.get(k) for k in ("steps", "planned_steps", "stopped_early",
                                                "train_minutes", "examples_per_epoch",
                                                "train_sizes", "train_config")},
@@ -161,7 +210,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="int8", choices=("int8", "fp32", "fp16"))
     p.add_argument("--scheme", help="int8 scheme name (skips the comparison)")
     p.add_argument("--bench-seconds", type=float, default=2.0)
-    p.add_argument("--skip-fp32-eval", action="store_true")
+    p.add_argument("--max-tries", type=int, default=3,
+                   help="int8 schemes evaluated on every set before giving up")
     p.add_argument("--rebuild-command", help="recorded in the manifest and card")
     return p
 

@@ -117,9 +117,30 @@ def evaluate(model_dir: str | Path, data: str | Path, threads: int = 2
 
 
 def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
-    """Share of texts whose user-visible labels are identical, per set."""
-    return {name: round(float(np.mean(np.all(a[name] == b[name], axis=1))), 4)
+    """Share of identical user-visible label decisions, per set (sentiment: one per text;
+    toxicity: one per text and label of the set)."""
+    return {name: round(float(np.mean(a[name] == b[name])), 4)
             for name in a if name in b}
+
+
+def headline(metrics: dict, min_positives: int = 50) -> dict[str, float]:
+    """Accuracy and macro-F1 per set, ROC-AUC per label with at least `min_positives` positives
+    (a label with a handful of positives, e.g. Jigsaw identity_hate with 9, swings by points
+    on a single text)."""
+    out: dict[str, float] = {}
+    for name, d in metrics["datasets"].items():
+        out[f"{name}/accuracy"] = d["accuracy"]
+        out[f"{name}/macro_f1"] = d["macro_f1"]
+        for label, lab in d.get("labels", {}).items():
+            if lab["positives"] >= min_positives and lab["roc_auc"] is not None:
+                out[f"{name}/{label}/roc_auc"] = lab["roc_auc"]
+    return out
+
+
+def worse_than(candidate: dict, reference: dict, points: float = 0.01) -> dict[str, tuple]:
+    """Headline metrics where `candidate` is more than `points` below `reference`."""
+    a, b = headline(candidate), headline(reference)
+    return {k: (a[k], b[k]) for k in a if k in b and a[k] < b[k] - points}
 
 
 def summary_table(metrics_by_precision: dict[str, dict]) -> str:
