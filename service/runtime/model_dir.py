@@ -126,9 +126,7 @@ def verify_sha256sums(path: Path, sums: dict[str, str]) -> None:
             raise ModelDirError(f"{path}: {name} is listed in {SUMS_FILE} but missing")
         actual = sha256_file(file)
         if actual != expected:
-            raise ModelDirError(
-                f"{path}: {name} has sha256 {actual}, {SUMS_FILE} says {expected}"
-            )
+            raise ModelDirError(f"{path}: {name} has sha256 {actual}, {SUMS_FILE} says {expected}")
     for required in ("model.onnx", "tokenizer.json", "manifest.yaml"):
         if required not in sums:
             raise ModelDirError(f"{path}: {required} is not covered by {SUMS_FILE}")
