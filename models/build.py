@@ -141,7 +141,7 @@ def build(args: argparse.Namespace) -> Path:
     from models.evaluate import agreement, evaluate
     from models.multitask import load_checkpoint
     from models.package import finish_directory
-    from models.train import train
+    from models.train import second_phase, train
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,8 @@ def build(args: argparse.Namespace) -> Path:
         cfg = config_from_args(args)
         cfg.out = str(work / "train")
         checkpoint = train(cfg)
+        if not args.single_phase:
+            checkpoint = train(second_phase(cfg, checkpoint, work / "train2"))
     model, meta = load_checkpoint(checkpoint)
 
     fp32 = export.export_onnx(model, work / "fp32.onnx")
@@ -210,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="int8", choices=("int8", "fp32", "fp16"))
     p.add_argument("--scheme", help="int8 scheme name (skips the comparison)")
     p.add_argument("--bench-seconds", type=float, default=2.0)
+    p.add_argument("--single-phase", action="store_true",
+                   help="skip the second, offensive-weighted training phase")
     p.add_argument("--max-tries", type=int, default=3,
                    help="int8 schemes evaluated on every set before giving up")
     p.add_argument("--rebuild-command", help="recorded in the manifest and card")

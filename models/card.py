@@ -127,9 +127,35 @@ def agreement_table(agreement: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _phase(training: dict[str, Any]) -> str:
+    cfg = training.get("train_config", {})
+    return f"""- seed {cfg.get('seed')}; {training.get('steps')} steps of a planned
+  {training.get('planned_steps')} ({cfg.get('epochs')} epochs of
+  {training.get('examples_per_epoch')} examples; per-epoch caps per source {cfg.get('caps')})
+- batch {cfg.get('batch_size')}, length-bucketed; at most {cfg.get('max_tokens')} tokens
+- AdamW lr {cfg.get('lr')} (heads {cfg.get('head_lr')}), weight decay
+  {cfg.get('weight_decay')}, linear warmup over {cfg.get('warmup')} of the steps, then linear
+  decay to 0 at the end of the planned steps or of the {cfg.get('max_minutes')}-minute
+  budget, whichever comes first; grad-norm clip 1.0; dropout 0.1
+- word-embedding table frozen: {cfg.get('freeze_word_embeddings')} (its dense gradient and
+  AdamW update cost ~3/4 of a CPU step); everything else, pooler and heads trained
+- device {cfg.get('device')}, {cfg.get('threads')} thread(s), torch {training.get('torch')};
+  training took {training.get('train_minutes')} min"""
+
+
+def _phases(training: dict[str, Any]) -> str:
+    first = training.get("init_from")
+    if not first:
+        return _phase(training)
+    return ("Phase 1 (all sources):\n\n" + _phase(first) +
+            "\n\nPhase 2 (from phase 1; TweetEval/OLID offensive uncapped, the other sources "
+            "re-sampled smaller, lower learning rate):\n\n" + _phase(training))
+
+
 def render(manifest: dict[str, Any], metrics: dict[str, Any], training: dict[str, Any],
            sums: dict[str, str], rebuild: str) -> str:
     cfg = training.get("train_config", {})
+    phases = _phases(training)
     tox = next(t for t in manifest["tasks"] if t["name"] == "toxicity")
     thresholds = "\n".join(
         f"| {lab['name']} | {lab.get('category', '–')} | {lab['threshold']:.2f} | "
@@ -143,12 +169,12 @@ def render(manifest: dict[str, Any], metrics: dict[str, Any], training: dict[str
     agreement = metrics.get("int8_vs_fp32_agreement", {})
     parity = metrics.get("parity", {})
     quant = metrics.get("quantisation", {})
-    partial = (f"\nThe {cfg.get('max_minutes')}-minute time budget ended training at step "
-               f"{training.get('steps')} of {training.get('planned_steps')} planned; the "
-               "learning rate had decayed linearly to 0 over that budget. The step count "
-               "therefore depends on the machine's speed; `--max-minutes 0` gives a purely "
-               "step-based schedule that is reproducible on a given machine.\n"
-               if training.get("stopped_early") else "")
+    cut = [t for t in (training.get("init_from") or {}, training) if t.get("stopped_early")]
+    partial = ("\nA time budget ended training before the planned steps (" + "; ".join(
+        f"{t['steps']} of {t['planned_steps']}" for t in cut) + "); the learning rate had "
+        "decayed linearly to 0 over the budget. The step count therefore depends on the "
+        "machine's speed; `--max-minutes 0` gives a purely step-based schedule that is "
+        "reproducible on a given machine.\n" if cut else "")
     return f"""# {manifest['name']} {manifest['version']} ({manifest['precision']})
 
 One fine-tuned English encoder, two heads, one forward pass per text:
@@ -183,18 +209,7 @@ here), so neutral is the weakest sentiment class and is tweet-flavoured.
 used because the encoder is English-only.
 
 ## Hyper-parameters
-- seed {cfg.get('seed')}; {training.get('steps')} steps of a planned
-  {training.get('planned_steps')} ({cfg.get('epochs')} epochs of
-  {training.get('examples_per_epoch')} examples; per-epoch caps per source {cfg.get('caps')})
-- batch {cfg.get('batch_size')}, length-bucketed; at most {cfg.get('max_tokens')} tokens
-- AdamW lr {cfg.get('lr')} (heads {cfg.get('head_lr')}), weight decay
-  {cfg.get('weight_decay')}, linear warmup over {cfg.get('warmup')} of the steps, then linear
-  decay to 0 at the end of the planned steps or of the {cfg.get('max_minutes')}-minute
-  budget, whichever comes first; grad-norm clip 1.0; dropout 0.1
-- word-embedding table frozen: {cfg.get('freeze_word_embeddings')} (its dense gradient and
-  AdamW update cost ~3/4 of a CPU step); everything else, pooler and heads trained
-- device {cfg.get('device')}, {cfg.get('threads')} thread(s), torch {training.get('torch')};
-  training took {training.get('train_minutes')} min
+{phases}
 {partial}
 ## Default thresholds (toxicity)
 Chosen per label on validation data only (TweetEval offensive val with OLID level B,

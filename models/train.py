@@ -286,9 +286,28 @@ def train(cfg: TrainConfig) -> Path:
         "thresholds": threshold_report,
         "torch": torch.__version__,
     }
+    if cfg.init:
+        previous = json.loads((Path(cfg.init) / "tasks.json").read_text(encoding="utf-8"))
+        meta["init_from"] = {k: v for k, v in previous.items() if k != "heads"}
     save_checkpoint(model, out / "checkpoint", meta)
     log.info("done: %s", json.dumps({k: meta[k] for k in ("steps", "train_minutes")}))
     return out / "checkpoint"
+
+
+# Second phase of the default recipe: a short pass that re-weights towards TweetEval/OLID
+# offensive (uncapped) with a lower learning rate, starting from the first phase.
+PHASE2_CAPS = {"sst2": 5000, "tweeteval_hate": 2000, "davidson": 2000, "hatexplain": 2000,
+               "cad": 1000, "toxigen": 1000}
+
+
+def second_phase(first: TrainConfig, checkpoint: Path, out: Path) -> TrainConfig:
+    return TrainConfig(data=first.data, out=str(out), seed=first.seed, epochs=1.0,
+                       batch_size=first.batch_size, max_tokens=first.max_tokens, lr=3e-5,
+                       head_lr=3e-4, device=first.device, threads=first.threads,
+                       max_minutes=11.0 if first.max_minutes > 0 else 0.0,
+                       caps=dict(PHASE2_CAPS),
+                       freeze_word_embeddings=first.freeze_word_embeddings,
+                       init=str(checkpoint))
 
 
 def parser() -> argparse.ArgumentParser:
