@@ -106,9 +106,6 @@ def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuil
         table = export.compare_schemes(fp32, work, windows, names, logit_cutoffs(model), speed,
                                        seconds=args.bench_seconds)
         ranked = [r["scheme"] for r in export.rank_schemes(table)]
-        if not ranked:
-            int8_rows = [r for r in table if r["scheme"] not in ("fp32", "fused-fp32")]
-            ranked = [r["scheme"] for r in sorted(int8_rows, key=lambda r: -min(r["agreement"]))]
     tries = []
     best = None
     for name in ranked[: args.max_tries]:

@@ -241,12 +241,19 @@ def compare_schemes(fp32: Path, work: Path, windows: list[list[int]], names: lis
     return rows
 
 
+MAX_MODEL_MB = 29.0  # the committed directory must stay under 30 MB with its tokenizer
+
+
 def rank_schemes(rows: list[dict], min_agreement: float = 0.99) -> list[dict]:
-    """int8 schemes with >= 99% label agreement on every head, fastest first (geometric mean
-    of the batch 1/4/32 speed-ups over fp32)."""
-    ok = [r for r in rows if r["scheme"] not in ("fp32", "fused-fp32")
-          and min(r["agreement"]) >= min_agreement]
-    return sorted(ok, key=lambda r: -r["speed_vs_fp32"])
+    """int8 schemes small enough to commit: those with >= 99% label agreement on every head,
+    fastest first (geometric mean of the batch 1/4/32 speed-ups over fp32); then the rest,
+    most agreeing first."""
+    small = [r for r in rows if r["scheme"] not in ("fp32", "fused-fp32")
+             and r["size_mb"] <= MAX_MODEL_MB]
+    ok = [r for r in small if min(r["agreement"]) >= min_agreement]
+    rest = [r for r in small if min(r["agreement"]) < min_agreement]
+    return (sorted(ok, key=lambda r: -r["speed_vs_fp32"])
+            + sorted(rest, key=lambda r: -min(r["agreement"])))
 
 
 def copy(src: Path, dst: Path) -> None:
