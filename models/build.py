@@ -94,7 +94,7 @@ def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuil
                 reference, ref_decided):  # noqa: ANN001, ANN202
     """Compare schemes on a sample, then evaluate the fastest candidates on every eval set and
     ship the first within 1 point of fp32 on every headline metric with >= 99% label
-    agreement on every set (if none is, the one with the fewest shortfalls)."""
+    agreement on every set (if none is, the one with the fewest shortfalls, then the fastest)."""
     from models import export
     from models.evaluate import agreement, evaluate, worse_than
 
@@ -121,12 +121,14 @@ def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuil
         log.info("int8 %s: %d metrics >1 point below fp32, %d sets below 99%% agreement",
                  name, len(worse), len(low))
         shortfalls = len(worse) + len(low)
-        if best is None or shortfalls < best[0]:
-            best = (shortfalls, name, final, shipped, decided)
+        speed = next((r["speed_vs_fp32"] for r in table if r["scheme"] == name), 0.0)
+        # fewest shortfalls first; among equals the faster scheme
+        if best is None or (shortfalls, -speed) < (best[0], -best[1]):
+            best = (shortfalls, speed, name, final, shipped, decided)
         if shortfalls == 0:
             break
     assert best is not None
-    _, name, final, shipped, decided = best
+    _, _, name, final, shipped, decided = best
     if name != tries[-1]["scheme"]:
         write_dir(out, final, "int8", meta, data, rebuild)
     return shipped, decided, name, table, tries

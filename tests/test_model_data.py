@@ -126,7 +126,14 @@ def test_eval_cli_on_a_small_data_dir(tmp_path, capsys):
     (off / "test_text.txt").write_text("have a nice day @user\nyou are a fucking idiot\n")
     (off / "test_labels.txt").write_text("0\n1\n")
     out = tmp_path / "metrics.json"
-    assert main(["eval", str(model), "--data", str(tmp_path), "--json", "--out", str(out)]) == 0
+    import structlog
+
+    saved = structlog.get_config()  # the eval command points runtime logs at stderr
+    try:
+        code = main(["eval", str(model), "--data", str(tmp_path), "--json", "--out", str(out)])
+    finally:
+        structlog.configure(**saved)
+    assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == printed
     assert set(printed["datasets"]) == {"sst2_dev", "tweeteval_offensive_test"}
