@@ -29,7 +29,7 @@ PREFIXES = [
 CASES = [
     ("thanks for the update on the project, but [you are a fucking idiot] honestly",),
     ("the weather was nice and then this [stupid bitch] showed up at the party",),
-    ("I read the whole article and the author is a [worthless piece of shit] tbh",),
+    ("I read the whole article and the author is [a worthless piece of shit] tbh",),
 ]
 
 
@@ -63,7 +63,8 @@ async def test_offending_phrase_is_the_top_span(moderator, prefix, case):
     raw, begin, end = unbracket(case[0])
     text = prefix + raw
     begin, end = begin + len(prefix), end + len(prefix)
-    [outcome], timings, _ = await moderator.moderate([text], ModerateOptions(evidence_spans=True))
+    options = ModerateOptions(policy="strict", evidence_spans=True)
+    [outcome], timings, _ = await moderator.moderate([text], options)
     assert outcome.flagged, [(c.category, c.score) for c in outcome.categories]
     top_category = max((c for c in outcome.categories if c.flagged), key=lambda c: c.score)
     spans = [s for s in outcome.spans if s.category == top_category.category]
