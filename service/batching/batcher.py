@@ -64,11 +64,13 @@ class BatchingConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_texts: int = 2048
     inference_threads: int = 1
-    # One forward each. Small on a CPU: int8 MiniLM on this 2-core host scores the same per
-    # text at 1, 2 or 4 windows per forward and worse at 8; fp32 gains ~15% at 4 (issue 3).
-    # On a GPU set them to max_batch_tokens / max_batch_size.
+    # One forward each. On a CPU the int8 default model scores as many texts per second at
+    # 1 window per forward as at 2 or 4 (fewer at 8+), and int8 (dynamic quantisation) gives
+    # a text scores that depend on its neighbours in a forward (up to 0.15 apart, see the
+    # model card): 1 makes every text's scores independent of other traffic. fp32 on a
+    # CPU gains ~15% at 4. On a GPU set them to max_batch_tokens / max_batch_size.
     micro_batch_tokens: int = 512  # padded tokens per forward
-    micro_batch_size: int = 4  # windows per forward
+    micro_batch_size: int = 1  # windows per forward
     tokenize_threads: int = 1
 
 
