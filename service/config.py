@@ -25,6 +25,7 @@ from service.batching.batcher import BatchingConfig
 ENV_PREFIX = "WACHT_"
 CONFIG_ENV = "WACHT_CONFIG"
 DEFAULT_MODEL = "models/minilm-moderation"
+DEFAULT_POLICIES = "policies"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
@@ -66,7 +67,9 @@ class Config:
     verify_checksums: bool = True
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    policies_dir: Path | None = None  # None = the built-in default policy
+    # The shipped policies/ (default, strict, lenient); None, or the default where it is
+    # absent (a wheel install), = one built-in policy from the manifest thresholds.
+    policies_dir: Path | None = Path(DEFAULT_POLICIES)
     explainer_dir: Path | None = None  # None = no generative explanations
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
@@ -74,6 +77,12 @@ class Config:
 
     def model_paths(self) -> list[Path]:
         return [resolve_path(p) for p in self.models]
+
+    def policies_path(self) -> Path | None:
+        if self.policies_dir is None:
+            return None
+        path = resolve_path(self.policies_dir)
+        return path if path.is_dir() else None
 
 
 def resolve_path(path: Path) -> Path:
@@ -201,7 +210,11 @@ def _validate(config: Config) -> None:
         fail("log.format", f"must be one of {LOG_FORMATS}, got {config.log.format!r}")
     if config.shutdown_grace_s < 0:
         fail("shutdown_grace_s", "must be >= 0")
-    if config.policies_dir is not None and not resolve_path(config.policies_dir).is_dir():
+    if (
+        config.policies_dir is not None
+        and config.policies_dir != Path(DEFAULT_POLICIES)
+        and not resolve_path(config.policies_dir).is_dir()
+    ):
         fail("policies_dir", f"{config.policies_dir} is not a directory")
 
 

@@ -168,8 +168,8 @@ def test_batches_form_under_concurrent_load(
 ) -> None:
     def counts(text: str) -> tuple[float, float]:
         return (
-            metric_value(text, "wacht_batch_size_count"),
-            metric_value(text, "wacht_batch_size_bucket", le="1.0"),
+            metric_value(text, "wacht_queue_batch_size_count"),
+            metric_value(text, "wacht_queue_batch_size_bucket", le="1.0"),
         )
 
     batches_before, singles_before = counts(wacht_server.metrics_text())

@@ -80,12 +80,16 @@ class Recorder:
         self.batches: list[tuple[int, int, int]] = []
         self.depths: list[int] = []
         self.drops: list[tuple[str, int]] = []
+        self.formed: list[int] = []
 
     def batch_done(self, size, tokens, padded_tokens, inference_s):
         self.batches.append((size, tokens, padded_tokens))
 
     def queue_depth(self, texts):
         self.depths.append(texts)
+
+    def batch_formed(self, windows):
+        self.formed.append(windows)
 
     def dropped(self, reason, count):
         self.drops.append((reason, count))
@@ -219,6 +223,7 @@ async def test_idle_small_call_runs_directly_and_later_calls_queue(engine, recor
     assert [total((await t)[0]) for t in queued] == [[4.0], [5.0], [6.0]]
     assert engine.batch_lengths()[1:] == [[3, 3], [3]]
     assert [b[0] for b in recorder.batches] == [1, 2, 1]
+    assert recorder.formed == [3]  # one queue batch, two forwards; the direct call is not one
     assert batcher.queue_texts == 0
     await batcher.stop()
 

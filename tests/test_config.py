@@ -13,7 +13,8 @@ def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.chdir(tmp_path)  # not the checkout: the default model is still found
     config = load_config(None, env={})
     assert config.address == "127.0.0.1:50051" and config.metrics_port == 9464
-    assert config.device == "cpu" and config.policies_dir is None
+    assert config.device == "cpu" and config.policies_dir == Path("policies")
+    assert config.policies_path() == (Path(__file__).resolve().parents[1] / "policies")
     assert config.limits.max_texts_per_request == 256
     assert config.limits.max_text_bytes == 65536
     assert config.limits.stream_inflight_messages == 8

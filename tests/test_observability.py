@@ -39,6 +39,7 @@ def test_batch_observer_metrics() -> None:
     observer = metrics.observer("m")
     observer.batch_done(size=4, tokens=100, padded_tokens=28, inference_s=0.01)
     observer.queue_depth(7)
+    observer.batch_formed(9)
     observer.dropped("cancelled", 3)
     metrics.request_done("Moderate", "OK", 0.02)
     metrics.explanation_fallback("no_generator")
@@ -46,6 +47,8 @@ def test_batch_observer_metrics() -> None:
     assert get("wacht_batch_size_count", {"model": "m"}) == 1
     assert get("wacht_batch_size_bucket", {"model": "m", "le": "3.0"}) == 0
     assert get("wacht_batch_size_bucket", {"model": "m", "le": "4.0"}) == 1
+    assert get("wacht_queue_batch_size_count", {"model": "m"}) == 1
+    assert get("wacht_queue_batch_size_sum", {"model": "m"}) == 9
     assert get("wacht_batch_tokens_sum", {"model": "m"}) == 100
     assert get("wacht_padded_tokens_total", {"model": "m"}) == 28
     assert get("wacht_queue_texts", {"model": "m"}) == 7

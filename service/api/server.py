@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -153,9 +152,9 @@ class WachtServer:
             if name in self.state.models:
                 raise ValueError(f"{path}: model name {name!r} is served twice")
             policies = PolicyStore.load(
-                config.policies_dir and Path(config.policies_dir),
-                manifest_thresholds(engine.manifest),
+                config.policies_path(), manifest_thresholds(engine.manifest)
             )
+            policies.start_watching()
             batcher = Batcher(engine, config.batching, self.metrics.observer(name))
             moderator = Moderator(
                 batcher,
@@ -163,6 +162,7 @@ class WachtServer:
                 policies,
                 explainer,
                 on_fallback=self.metrics.explanation_fallback,
+                max_windows=config.limits.max_windows_per_text,
             )
             await batcher.start()
             served = ServedModel(name, engine, batcher, policies, moderator)
@@ -243,12 +243,15 @@ class WachtServer:
         if self.server is not None:
             await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
         await self._stop_batchers()
+        if self.state.explainer is not None:
+            self.state.explainer.close()
         self.metrics.close()
         log.info("stopped")
         self._stopped.set()
 
     async def _stop_batchers(self) -> None:
         for served in self.state.models.values():
+            await served.policies.stop_watching()
             try:
                 await served.batcher.stop()
             except Exception as exc:  # a failing batcher must not block the others

@@ -103,6 +103,8 @@ class BatchObserver(Protocol):
 
     def queue_depth(self, texts: int) -> None: ...
 
+    def batch_formed(self, windows: int) -> None: ...
+
     def dropped(self, reason: str, count: int) -> None: ...
 
 
@@ -111,6 +113,9 @@ class NullObserver:
         pass
 
     def queue_depth(self, texts: int) -> None:
+        pass
+
+    def batch_formed(self, windows: int) -> None:
         pass
 
     def dropped(self, reason: str, count: int) -> None:
@@ -414,6 +419,7 @@ class Batcher:
         batch = self._queue.take(cfg.max_batch_tokens, cfg.max_batch_size, self._keep)
         if not batch:
             return
+        self.observer.batch_formed(len(batch))
         assert self._loop is not None
         self._in_flight += 1
         future = self._loop.run_in_executor(self._pool, self._infer, batch)

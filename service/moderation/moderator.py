@@ -124,8 +124,10 @@ class Moderator:
         on_fallback: Callable[[str], None] | None = None,
         spans: SpanConfig | None = None,
         generation: GenerationConfig | None = None,
+        max_windows: int = 16,
     ) -> None:
         self.batcher = batcher
+        self.max_windows = max_windows  # per text; beyond it the text's tail is not scored
         self.manifest = manifest
         self.policies = policies
         self.explainer = explainer
@@ -236,7 +238,8 @@ class Moderator:
         if not texts:
             return [], timings, plan.policy.name
         scores, batch_timings = await self.batcher.score(
-            list(texts), truncation=options.truncation, deadline=options.deadline
+            list(texts), truncation=options.truncation, deadline=options.deadline,
+            max_windows=self.max_windows,
         )
         timings.add(batch_timings)
         outcomes = [self._outcome(s, plan, options) for s in scores]
@@ -269,7 +272,8 @@ class Moderator:
         plan = self.resolve(options)
         timings = ModerationTimings()
         scores, batch_timings = await self.batcher.score(
-            [text], truncation=options.truncation, deadline=options.deadline
+            [text], truncation=options.truncation, deadline=options.deadline,
+            max_windows=self.max_windows,
         )
         timings.add(batch_timings)
         outcome = self._outcome(scores[0], plan, options)
@@ -356,7 +360,8 @@ class Moderator:
 
         async def rescore(variants: list[str]) -> list[dict[str, float]]:
             scores, batch_timings = await self.batcher.score(
-                variants, truncation=truncation, deadline=options.deadline
+                variants, truncation=truncation, deadline=options.deadline,
+                max_windows=self.max_windows,
             )
             timings.add(batch_timings, tokens=False)
             timings.span_variants += len(variants)
@@ -460,7 +465,8 @@ class Moderator:
         """The rewrite if it passes the same policy; '' if it would itself be flagged."""
         try:
             scores, batch_timings = await self.batcher.score(
-                [rewrite], truncation="window", deadline=options.deadline
+                [rewrite], truncation="window", deadline=options.deadline,
+                max_windows=self.max_windows,
             )
         except Exception as exc:
             log.warning("rewrite_check_failed", error=type(exc).__name__)

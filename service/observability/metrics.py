@@ -33,9 +33,16 @@ class Metrics:
         self.queue_depth = Gauge(
             "wacht_queue_texts", "Texts waiting in the batch queue", ["model"], registry=r
         )
+        self.queue_batch_size = Histogram(
+            "wacht_queue_batch_size",
+            "Windows per batch taken from the queue at once (run as micro-batches)",
+            ["model"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "wacht_batch_size",
-            "Windows per inference batch",
+            "Windows per forward (micro-batch)",
             ["model"],
             buckets=SIZE_BUCKETS,
             registry=r,
@@ -113,6 +120,7 @@ class BatchMetrics:
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self._size = metrics.batch_size.labels(model)
+        self._formed = metrics.queue_batch_size.labels(model)
         self._tokens = metrics.batch_tokens.labels(model)
         self._padded = metrics.padded_tokens.labels(model)
         self._inference = metrics.inference.labels(model)
@@ -128,6 +136,9 @@ class BatchMetrics:
 
     def queue_depth(self, texts: int) -> None:
         self._queue.set(texts)
+
+    def batch_formed(self, windows: int) -> None:
+        self._formed.observe(windows)
 
     def dropped(self, reason: str, count: int) -> None:
         self._dropped.labels(self._model, reason).inc(count)
