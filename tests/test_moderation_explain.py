@@ -73,6 +73,14 @@ def test_split_rewrite():
     assert split_rewrite("No rewrite here.") == ("No rewrite here.", "")
 
 
+def test_the_echoed_quoting_rule_is_not_part_of_the_explanation():
+    echoed = 'Flagged as insult because of "idiot". Quote only the words that appear in the ' \
+        "message. It insults the reader."
+    assert split_rewrite(echoed) == (
+        'Flagged as insult because of "idiot". It insults the reader.', ""
+    )
+
+
 async def test_evidence_level_is_deterministic_with_reasons_and_spans():
     m = moderator()
     opts = ModerateOptions(explanation="evidence")

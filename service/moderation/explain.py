@@ -125,6 +125,10 @@ def evidence_explanation(
     )
 
 
+QUOTE_RULE = "Quote only words that appear in the message."
+PROMPT_ECHO = re.compile(
+    r"\s*quote only (?:the )?words (?:that )?appear(?:s)? in the message\.?", re.IGNORECASE
+)
 PROMPT_DECISIONS = {"review": "held for review", "block": "blocked", "allow": "allowed"}
 
 
@@ -145,8 +149,7 @@ def prompt_messages(
         lines.append("Key words: " + ", ".join(f'"{p}"' for p in dict.fromkeys(phrases)))
     task = (
         f"Explain in one or two short sentences why the message counts as {names}. "
-        f'Start with "This message was {action} for {names} because". '
-        "Quote only words that appear in the message."
+        f'Start with "This message was {action} for {names} because". {QUOTE_RULE}'
     )
     if suggest_rewrite:
         task += " Then write one line that starts with 'Rewrite:' and gives a polite version."
@@ -184,13 +187,18 @@ def generation_complete(generated: str, want_rewrite: bool) -> bool:
     return match is not None or (len(ends) >= MAX_SENTENCES and ends[MAX_SENTENCES - 1] < len(head))
 
 
+def without_prompt_echo(text: str) -> str:
+    """`text` less the prompt's quoting rule, which small models tend to repeat verbatim."""
+    return PROMPT_ECHO.sub("", text).strip()
+
+
 def split_rewrite(generated: str) -> tuple[str, str]:
     """(explanation, rewrite) from generated text; the rewrite follows a 'Rewrite:' line."""
     match = REWRITE_MARKER.search(generated)
     if not match:
-        return first_sentences(generated), ""
+        return first_sentences(without_prompt_echo(generated)), ""
     rewrite = generated[match.end():].strip().splitlines()
-    explanation = first_sentences(generated[: match.start()])
+    explanation = first_sentences(without_prompt_echo(generated[: match.start()]))
     return explanation, (rewrite[0].strip().strip('"“”') if rewrite else "")
 
 
