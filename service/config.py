@@ -62,7 +62,7 @@ class Config:
     models: list[Path] = field(default_factory=lambda: [Path(DEFAULT_MODEL)])
     default_model: str = ""  # model name; empty = the first of `models`
     device: str = "cpu"
-    intra_op_threads: int = 0  # 0 = onnxruntime's choice (all cores)
+    intra_op_threads: int = 0  # per forward; 0 = cores / inference threads (see threads())
     inter_op_threads: int = 1
     verify_checksums: bool = True
     batching: BatchingConfig = field(default_factory=BatchingConfig)
@@ -75,6 +75,17 @@ class Config:
     shutdown_grace_s: float = 10.0
     source: str = "defaults"
 
+    def threads(self) -> tuple[int, int]:
+        """(forwards at once, onnxruntime intra-op threads per forward), zeros resolved.
+
+        On a CPU the default is one single-threaded forward per core: under load that
+        served 1.15-1.2x the texts/s of one forward over both cores on the 2-core
+        reference host (one text at a time costs ~10% latency). On a GPU one forward at a
+        time, with large micro-batches."""
+        cores = available_cores()
+        forwards = self.batching.inference_threads or (cores if self.device == "cpu" else 1)
+        return forwards, self.intra_op_threads or max(1, cores // forwards)
+
     def model_paths(self) -> list[Path]:
         return [resolve_path(p) for p in self.models]
 
@@ -83,6 +94,21 @@ class Config:
             return None
         path = resolve_path(self.policies_dir)
         return path if path.is_dir() else None
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU limit."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def resolve_path(path: Path) -> Path:

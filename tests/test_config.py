@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,26 @@ def test_bad_environment_value() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config("/nope/wacht.yaml", env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "cores", "expected"),
+    [
+        ({}, 2, (2, 1)),  # CPU: one single-threaded forward per core
+        ({}, 8, (8, 1)),
+        ({"WACHT_BATCHING__INFERENCE_THREADS": "1"}, 8, (1, 8)),
+        ({"WACHT_BATCHING__INFERENCE_THREADS": "2", "WACHT_INTRA_OP_THREADS": "3"}, 8, (2, 3)),
+        ({"WACHT_DEVICE": "cuda"}, 8, (1, 8)),
+    ],
+)
+def test_thread_defaults_resolve_from_the_cores(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cores: int, expected: tuple[int, int]
+) -> None:
+    monkeypatch.setattr("service.config.available_cores", lambda: cores)
+    assert load_config(None, env=env).threads() == expected
+
+
+def test_available_cores_is_positive_and_within_the_machine() -> None:
+    from service.config import available_cores
+
+    assert 1 <= available_cores() <= (os.cpu_count() or 1)

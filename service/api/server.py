@@ -11,6 +11,7 @@ are reloaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import time
 from typing import Any
@@ -138,13 +139,15 @@ class WachtServer:
         config = self.config
         explainer = await asyncio.to_thread(self._load_explainer)
         self.state.explainer = explainer
+        forwards, intra_op_threads = config.threads()
+        batching = dataclasses.replace(config.batching, inference_threads=forwards)
         for path in config.model_paths():
-            log.info("loading model", path=str(path))
+            log.info("loading model", path=str(path), forwards=forwards, threads=intra_op_threads)
             engine = await asyncio.to_thread(
                 Engine.load,
                 path,
                 device=config.device,
-                intra_op_threads=config.intra_op_threads,
+                intra_op_threads=intra_op_threads,
                 inter_op_threads=config.inter_op_threads,
                 verify=config.verify_checksums,
             )
@@ -155,7 +158,7 @@ class WachtServer:
                 config.policies_path(), manifest_thresholds(engine.manifest)
             )
             policies.start_watching()
-            batcher = Batcher(engine, config.batching, self.metrics.observer(name))
+            batcher = Batcher(engine, batching, self.metrics.observer(name))
             moderator = Moderator(
                 batcher,
                 engine.manifest,

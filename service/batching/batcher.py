@@ -63,7 +63,7 @@ class BatchingConfig:
     max_batch_size: int = 64
     max_queue_delay_ms: float = 2.0
     max_queue_texts: int = 2048
-    inference_threads: int = 1
+    inference_threads: int = 0  # forwards at once; 0 = 1 here, the server resolves it
     # One forward each. On a CPU the int8 default model scores as many texts per second at
     # 1 window per forward as at 2 or 4 (fewer at 8+), and int8 (dynamic quantisation) gives
     # a text scores that depend on its neighbours in a forward (up to 0.15 apart, see the
