@@ -1,6 +1,7 @@
 """The ceiling: raw in-process onnxruntime throughput at fixed batch sizes (no server, no queue).
 
     python -m bench.ceiling [--model DIR] [--texts 512] [--threads 0] [--overhead]
+                            [--texts-file JSON] [--truncation window|head] [--json]
 
 Texts come from ../shared/data with their real length mix (bench.peers.texts), in drawn
 order: a batch of b texts is b consecutive texts, tokenised, padded to its longest window
@@ -9,13 +10,15 @@ same work the server does per text, minus the queue and gRPC. Prints texts/s per
 size and the best ("the ceiling"), plus single-text latency. `--overhead` also runs the
 Batcher at concurrency 1 on the same texts and prints its latency against the raw one.
 
-`measure_ceiling` is what bench.load imports.
+`measure_ceiling` is what bench.load imports; bench/peers/run.py runs the CLI with
+`--texts-file --json` pinned to the server CPUs, so the ceiling sees the peers' corpus.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -29,19 +32,21 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 HUGE = 10**9
 
 
-def run_batches(engine: Any, texts: list[str], size: int) -> float:
+def run_batches(engine: Any, texts: list[str], size: int, truncation: str = "window") -> float:
     """Texts per second scoring `texts` in consecutive chunks of `size`, one forward each."""
     started = time.perf_counter()
     for i in range(0, len(texts), size):
-        engine.predict(texts[i : i + size], batch_tokens=HUGE, batch_size=HUGE)
+        engine.predict(
+            texts[i : i + size], truncation=truncation, batch_tokens=HUGE, batch_size=HUGE
+        )
     return len(texts) / (time.perf_counter() - started)
 
 
-def single_latencies_ms(engine: Any, texts: list[str]) -> list[float]:
+def single_latencies_ms(engine: Any, texts: list[str], truncation: str = "window") -> list[float]:
     out = []
     for text in texts:
         started = time.perf_counter()
-        engine.predict([text])
+        engine.predict([text], truncation=truncation)
         out.append((time.perf_counter() - started) * 1000)
     return out
 
@@ -54,6 +59,7 @@ def measure_ceiling(
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     sample: int = 512,
     single: int = 200,
+    truncation: str = "window",
 ) -> dict[str, Any]:
     """Best raw throughput over batch sizes and the single-text p50 latency.
 
@@ -69,8 +75,8 @@ def measure_ceiling(
     )
     chosen = texts[:sample]
     engine.predict(chosen[:8])  # warm caches and allocator
-    by_size = {size: run_batches(engine, chosen, size) for size in batch_sizes}
-    latencies = single_latencies_ms(engine, texts[:single])
+    by_size = {size: run_batches(engine, chosen, size, truncation) for size in batch_sizes}
+    latencies = single_latencies_ms(engine, texts[:single], truncation)
     best = max(by_size, key=by_size.__getitem__)
     return {
         "by_batch_size": by_size,
@@ -129,18 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sorted", action="store_true", help="also length-sorted micro-batches (tokens x size)"
     )
+    parser.add_argument("--texts-file", type=Path, default=None, help="JSON list of texts")
+    parser.add_argument("--truncation", choices=("window", "head"), default="window")
+    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = parser.parse_args(argv)
-    data = find_data()
-    if not data.is_dir():
-        sys.exit(f"ceiling: {data} not found (the shared data sets sit beside the checkout)")
-    texts = load_texts(data, args.texts)
+    if args.texts_file:
+        texts = json.loads(args.texts_file.read_text(encoding="utf-8"))[: args.texts]
+    else:
+        data = find_data()
+        if not data.is_dir():
+            sys.exit(f"ceiling: {data} not found (the shared data sets sit beside the checkout)")
+        texts = load_texts(data, args.texts)
     engine = Engine.load(args.model, intra_op_threads=args.threads)
     print(
         f"ceiling: {len(texts)} texts {describe(texts)}, {os.cpu_count()} CPUs, "
         f"providers {engine.providers}, precision {engine.manifest.precision}",
         flush=True,
     )
-    result = measure_ceiling(engine, texts, sample=args.texts)
+    result = measure_ceiling(engine, texts, sample=args.texts, truncation=args.truncation)
     print("| batch size | texts/s |")
     print("|---:|---:|")
     for size, rate in result["by_batch_size"].items():
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ceiling: {result['throughput']:.1f} texts/s at batch {result['best_batch_size']}; "
         f"single-text p50 {result['single_p50_ms']:.2f} ms"
     )
+    if args.json:
+        print("CEILING_JSON " + json.dumps(result), flush=True)
     if args.sorted:
         print("length-sorted micro-batches (informational, not the ceiling):")
         for tokens, size in ((256, 4), (512, 4), (512, 8), (1024, 8), (2048, 16), (4096, 64)):

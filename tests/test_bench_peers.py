@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.peers.loops import closed_loop, open_loop
-from bench.peers.report import aggregate, markdown
+from bench.peers.report import aggregate, ceiling_markdown, ceiling_summary, markdown
 from bench.peers.texts import describe, load_texts
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -86,6 +86,29 @@ def test_ratios_are_taken_within_a_repeat_then_medianed() -> None:
     assert rows["wacht"]["rss_mb"] == 200
     table = markdown(list(rows.values()), {"repeats": 3}, [])
     assert "| 4 | naive | 60 | 0.5 |" in table
+
+
+def test_ceiling_fraction_is_per_repeat_and_worst_over_concurrency() -> None:
+    # repeat 1's machine is twice as fast: Wacht's fraction of that repeat's ceiling is unchanged
+    records = [_record("wacht", 0, 90, 10, 1), _record("wacht", 1, 180, 10, 1),
+               _record("naive", 0, 999, 10, 1)]   # peers never count against the ceiling
+    slow = _record("wacht", 0, 50, 10, 1)
+    slow["point"] = {**slow["point"], "level": 16}
+    slow_1 = _record("wacht", 1, 100, 10, 1)
+    slow_1["point"] = {**slow_1["point"], "level": 16}
+    lone = _record("wacht", 0, 10, 10, 1)
+    lone["point"] = {**lone["point"], "level": 1}  # below concurrency 4: not part of the target
+    ceilings = [{"workload": "one-task", "repeat": 0, "throughput": 100.0, "best_batch_size": 1,
+                 "single_p50_ms": 5.0},
+                {"workload": "one-task", "repeat": 1, "throughput": 200.0, "best_batch_size": 2,
+                 "single_p50_ms": 3.0},
+                {"workload": "moderation", "repeat": 0, "error": "exit 1: boom"}]
+    [row] = ceiling_summary([*records, slow, slow_1, lone], ceilings)
+    assert row["wacht_fraction_max"] == 0.9 and row["wacht_fraction_min"] == 0.5
+    assert row["ceiling_texts_per_s"] == 150 and row["best_batch_sizes"] == [1, 2]
+    table = "\n".join(ceiling_markdown([row], ceilings))
+    assert "| one-task | 1 | 150.0 | [1, 2] | 4.0 | 0.50 | 0.90 | ≥ 0.9 | NO |" in table
+    assert "ceiling failed (moderation, repeat 0): exit 1: boom" in table
 
 
 @pytest.mark.data

@@ -97,7 +97,61 @@ def targets(rows: list[dict]) -> list[str]:
     return [*out, ""]
 
 
-def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
+CEILING_TARGET = {"one-task": 0.9}  # Wacht's texts/s over raw onnxruntime's best, same file
+
+
+def ceiling_summary(records: list[dict], ceilings: list[dict]) -> list[dict]:
+    """Per workload and call size: the ceiling (median over repeats) and Wacht's closed-loop
+    texts/s as a fraction of the same repeat's ceiling, worst and best over concurrency >= 4."""
+    best = {(c["workload"], c["repeat"]): c["throughput"] for c in ceilings if "throughput" in c}
+    by_point: dict[tuple, list[float]] = defaultdict(list)
+    for rec in records:
+        p = rec.get("point")
+        if (not p or rec["stack"] != "wacht" or p["mode"] != "closed" or p["level"] < 4
+                or (rec["workload"], rec["repeat"]) not in best):
+            continue
+        key = (rec["workload"], p["texts_per_call"], p["level"])
+        by_point[key].append(p["texts_per_s"] / best[(rec["workload"], rec["repeat"])])
+    out = []
+    for workload, per_call in sorted({k[:2] for k in by_point}):
+        fractions = [statistics.median(v) for k, v in by_point.items()
+                     if k[:2] == (workload, per_call)]
+        runs = [c for c in ceilings if c["workload"] == workload and "throughput" in c]
+        out.append({
+            "workload": workload, "texts_per_call": per_call,
+            "ceiling_texts_per_s": _median([c["throughput"] for c in runs]),
+            "best_batch_sizes": sorted({c["best_batch_size"] for c in runs}),
+            "single_p50_ms": _median([c["single_p50_ms"] for c in runs]),
+            "wacht_fraction_min": round(min(fractions), 3),
+            "wacht_fraction_max": round(max(fractions), 3),
+            "target": CEILING_TARGET.get(workload),
+        })
+    return out
+
+
+def ceiling_markdown(summary: list[dict], ceilings: list[dict]) -> list[str]:
+    out = ["## Against the ceiling (raw onnxruntime, same ONNX file, same server CPUs)", "",
+           "The ceiling is bench.ceiling in-process at its best fixed batch size over the same "
+           "texts (no server, no queue, no gRPC). Wacht's fraction is taken within each repeat, "
+           "median over repeats, worst and best over closed-loop concurrency ≥ 4.", "",
+           "| workload | texts/call | ceiling texts/s | best batch | raw single-text p50 ms | "
+           "Wacht ÷ ceiling (worst) | (best) | target | met |",
+           "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    for row in summary:
+        target = row["target"]
+        met = "—" if target is None else ("yes" if row["wacht_fraction_min"] >= target else "NO")
+        out.append(f"| {row['workload']} | {row['texts_per_call']} | "
+                   f"{row['ceiling_texts_per_s']} | {row['best_batch_sizes']} | "
+                   f"{row['single_p50_ms']} | {row['wacht_fraction_min']:.2f} | "
+                   f"{row['wacht_fraction_max']:.2f} | "
+                   f"{'—' if target is None else f'≥ {target:g}'} | {met} |")
+    out += [f"- ceiling failed ({c['workload']}, repeat {c['repeat']}): {c['error']}"
+            for c in ceilings if "error" in c]
+    return [*out, ""]
+
+
+def markdown(rows: list[dict], meta: dict, failures: list[dict],
+             ceilings: list[dict] | None = None, records: list[dict] | None = None) -> str:
     out = ["# Wacht vs peers: side-by-side results", "",
            f"Run: {meta.get('started')} · repeats {meta.get('repeats')} · duration per point "
            f"{meta.get('duration_s')} s · client CPUs {meta.get('client_cpus')} · server CPUs "
@@ -108,6 +162,8 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict]) -> str:
            "process tree (shared pages counted per process); peak PSS counts them once. "
            "Errors are summed over repeats.", ""]
     out += targets(rows)
+    if ceilings:
+        out += ceiling_markdown(ceiling_summary(records or [], ceilings), ceilings)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["workload"], row["texts_per_call"], row["mode"])].append(row)
@@ -196,8 +252,11 @@ def plots(rows: list[dict], records: list[dict], out: Path,
 def write_report(raw: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(raw["records"])
+    ceilings = raw.get("ceilings", [])
     summary = {"meta": raw["meta"], "failures": raw["failures"], "checks": raw.get("checks", {}),
-               "rows": rows}
+               "ceilings": ceilings,
+               "ceiling_summary": ceiling_summary(raw["records"], ceilings), "rows": rows}
     (out / "peers.json").write_text(json.dumps(summary, indent=1))
-    (out / "peers.md").write_text(markdown(rows, raw["meta"], raw["failures"]))
+    (out / "peers.md").write_text(markdown(rows, raw["meta"], raw["failures"], ceilings,
+                                           raw["records"]))
     return [out / "peers.json", out / "peers.md", *plots(rows, raw["records"], out)]

@@ -4,12 +4,15 @@
     bench/.venv-bench/bin/python bench/peers/run.py --models /tmp/wacht-peer-models
     bench/.venv-bench/bin/python bench/peers/run.py --models /tmp/wacht-peer-models --smoke
 
-For each repeat, each workload (one-task, moderation) and each stack in turn (A B C D, A B C D,
-...): start the stack's server on 127.0.0.1 pinned to the server CPUs, wait until it answers,
-warm it up (including a text past the model window), run the closed-loop and open-loop points
-with 1-text and 32-text calls, record throughput, p50/p99 and the peak RSS of its process tree,
-then stop it (SIGTERM, SIGKILL for what ignores it). This process, the load client, pins itself
-to the client CPUs. Writes OUT/raw/peers-raw.json (every latency) and OUT/peers.{json,md},
+For each repeat and each workload (one-task, moderation), first the ceiling: raw in-process
+onnxruntime (bench.ceiling, the project's .venv) on Wacht's ONNX file for that workload, pinned
+to the server CPUs with one intra-op thread per server CPU, same corpus, same truncation, at
+its best batch size. Then each stack in turn (A B C D, A B C D, ...): start the stack's
+server on 127.0.0.1 pinned to the server CPUs, wait until it answers, warm it up (including a
+text past the model window), run the closed-loop and open-loop points with 1-text and 32-text
+calls, record throughput, p50/p99 and the peak RSS of its process tree, then stop it
+(SIGTERM, SIGKILL for what ignores it). This process, the load client, pins itself to the
+client CPUs. Writes OUT/raw/peers-raw.json (every latency) and OUT/peers.{json,md},
 OUT/peers-throughput.png, OUT/peers-latency-cdf.png.
 """
 
@@ -95,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus", type=int, default=4096, help="texts drawn from ../shared/data")
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the raw onnxruntime ceiling before each workload")
+    p.add_argument("--ceiling-texts", type=int, default=512, help="texts the ceiling scores")
     p.add_argument("--smoke", action="store_true",
                    help="seconds per stack: check every stack starts and answers; writes under "
                         "OUT/raw/smoke")
@@ -104,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.concurrency, args.batch_concurrency = [1, 4], [1]
         args.rates, args.duration, args.max_requests, args.repeats = "2", 1.0, 10, 1
+        args.ceiling_texts = 32
         args.out = args.out / "raw" / "smoke"
     return args
 
@@ -136,13 +143,42 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def workload_model(args: argparse.Namespace, models: Models, workload: str) -> Path:
+    if workload == "one-task" and args.wacht_one_task_model:
+        return args.wacht_one_task_model.resolve()
+    return models.wacht_dir
+
+
+async def run_ceiling(args: argparse.Namespace, model_dir: Path, workload: str, repeat: int,
+                      corpus: Path, server_cpus: set[int]) -> dict:
+    """bench.ceiling in a child process on the server CPUs; its result, or why it failed."""
+    tag = f"[repeat {repeat} · {workload} · ceiling]"
+    argv = [str(REPO / ".venv" / "bin" / "python"), "-m", "bench.ceiling", "--model",
+            str(model_dir), "--texts-file", str(corpus), "--texts", str(args.ceiling_texts),
+            "--threads", str(len(server_cpus)), "--truncation", args.wacht_truncation, "--json"]
+    print(f"{tag} raw onnxruntime on {model_dir.name} ...", flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, server_cpus))
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    found = re.search(r"^CEILING_JSON (.*)$", text, re.MULTILINE)
+    entry: dict = {"repeat": repeat, "workload": workload, "model": str(model_dir)}
+    if proc.returncode != 0 or not found:
+        entry["error"] = f"exit {proc.returncode}: {text[-400:]}"
+        print(f"{tag} failed: {entry['error']}", flush=True)
+        return entry
+    entry.update(json.loads(found.group(1)))
+    print(f"{tag} {entry['throughput']:.1f} texts/s at batch {entry['best_batch_size']}, "
+          f"single-text p50 {entry['single_p50_ms']:.2f} ms", flush=True)
+    return entry
+
+
 async def run_stack(args, stack: str, workload: str, repeat: int, models: Models,
                     texts: list[str], rates: dict, raw: dict, server_cpus: set[int]) -> None:
     tasks = [args.task] if workload == "one-task" else MODERATION_TASKS
-    model_dir = models.wacht_dir
-    if workload == "one-task" and args.wacht_one_task_model:
-        model_dir = args.wacht_one_task_model
-    wl_models = Models(model_dir, models.hf, models.onnx, models.max_length)
+    wl_models = Models(workload_model(args, models, workload), models.hf, models.onnx,
+                       models.max_length)
     wacht_env = dict(item.split("=", 1) for item in args.wacht_env)
     server = make_server(stack, wl_models, tasks, server_cpus, args.out / "raw" / "logs",
                          f"r{repeat}-{workload}", wacht_env)
@@ -298,12 +334,19 @@ async def main_async(args: argparse.Namespace) -> int:
                     "wacht_truncation": args.wacht_truncation, "task": args.task,
                     "models": str(args.models.resolve()), "wacht_model": str(models.wacht_dir),
                     "smoke": args.smoke},
-           "records": [], "failures": [], "checks": {}}
+           "records": [], "failures": [], "checks": {}, "ceilings": []}
+    corpus_path = args.out / "raw" / "corpus.json"
+    corpus_path.parent.mkdir(parents=True, exist_ok=True)
+    corpus_path.write_text(json.dumps(texts))
     print(f"client on CPUs {sorted(client_cpus)}, servers on CPUs {sorted(server_cpus)}; "
           f"corpus {raw['meta']['corpus']}", flush=True)
     rates: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         for workload in workloads:
+            if args.ceiling:
+                model_dir = workload_model(args, models, workload)
+                raw["ceilings"].append(await run_ceiling(args, model_dir, workload, repeat,
+                                                         corpus_path, server_cpus))
             for stack in stacks:
                 await run_stack(args, stack, workload, repeat, models, texts, rates, raw,
                                 server_cpus)
