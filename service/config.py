@@ -230,6 +230,8 @@ def _validate(config: Config) -> None:
             fail(f"batching.{f.name}", f"must be >= 0, got {value}")
     if config.batching.max_batch_size < 1 or config.batching.max_batch_tokens < 1:
         fail("batching", "max_batch_size and max_batch_tokens must be >= 1")
+    if config.batching.micro_batch_padding > 1:
+        fail("batching.micro_batch_padding", "is a share of a forward's tokens, at most 1")
     if config.log.level.lower() not in LOG_LEVELS:
         fail("log.level", f"must be one of {LOG_LEVELS}, got {config.log.level!r}")
     if config.log.format not in LOG_FORMATS:

@@ -14,8 +14,10 @@ from service.batching.batcher import (
     BatchingConfig,
     DeadlineExceeded,
     QueueFull,
+    micro_limits,
 )
 from service.runtime.engine import EncodedText, TextScores, TextTooLong
+from service.runtime.packing import micro_batches
 
 FAIL = 666  # a window holding this id makes the fake model raise
 
@@ -114,6 +116,7 @@ def config(**overrides) -> BatchingConfig:
         max_queue_texts=1000,
         micro_batch_tokens=BIG,
         micro_batch_size=BIG,
+        micro_batch_padding=1.0,
     )
     base.update(overrides)
     return BatchingConfig(**base)
@@ -452,3 +455,37 @@ async def test_max_batch_size_one_turns_batching_off_on_every_path(engine, recor
     await asyncio.gather(blocker, queued)
     assert all(len(call) == 1 for call in engine.calls) and len(engine.calls) == 6
     await batcher.stop()
+
+
+def test_micro_batches_bound_the_share_of_padding():
+    lengths = [10, 10, 11, 12, 40, 41, 200]
+    # no padding bound: one group up to the token budget
+    assert micro_batches(lengths, 10_000, 8) == [[0, 1, 2, 3, 4, 5, 6]]
+    # at most 20% padding: similar lengths stay together, outliers start a new forward
+    assert micro_batches(lengths, 10_000, 8, 0.2) == [[0, 1, 2, 3], [4, 5], [6]]
+
+
+class _Manifest:
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+
+class _Engine:
+    def __init__(self, precision: str, providers: list[str]) -> None:
+        self.manifest = _Manifest(precision)
+        self.providers = providers
+
+
+CPU = ["CPUExecutionProvider"]
+GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_micro_limits_follow_the_model_and_device():
+    default = BatchingConfig()
+    # int8 scores depend on batch neighbours: one window per forward, on any device
+    assert micro_limits(default, _Engine("int8", CPU))[:2] == (1024, 1)
+    assert micro_limits(default, _Engine("int8", GPU))[:2] == (4096, 1)
+    assert micro_limits(default, _Engine("fp32", CPU)) == (1024, 8, 0.2)
+    assert micro_limits(default, _Engine("fp16", GPU)) == (4096, 64, 0.2)
+    chosen = BatchingConfig(micro_batch_size=4, micro_batch_tokens=300, max_batch_size=2)
+    assert micro_limits(chosen, _Engine("int8", CPU)) == (300, 2, 0.2)  # never above the batch

@@ -62,6 +62,7 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("device: tpu\n", "device: must be one of"),
         ("limits: {max_texts_per_request: 0}\n", "limits.max_texts_per_request: must be >= 1"),
         ("log: {format: xml}\n", "log.format"),
+        ("batching: {micro_batch_padding: 1.5}\n", "batching.micro_batch_padding: is a share"),
         ("policies_dir: /does/not/exist\n", "policies_dir"),
         ("- a list\n", "expected a mapping"),
         ("a: [unclosed\n", "invalid YAML"),

@@ -24,10 +24,11 @@ throughput under load):
 A batch closes at `max_batch_tokens` (padded cost: longest window x count),
 `max_batch_size` windows, or by the rule above. Windows are taken in arrival order (fair),
 then sorted by length and cut into micro-batches of at most `micro_batch_tokens` padded
-tokens and `micro_batch_size` windows, one forward each. On a CPU the model gains little
-from large forwards (attention and padding eat the gain), so the micro-batch defaults are
-small; on a GPU set them to the batch limits. Results are delivered per micro-batch, so a
-request completes as soon as its last window has run, not when the whole batch has.
+tokens, `micro_batch_size` windows and `micro_batch_padding` padding, one forward each
+(`micro_limits` picks the defaults per model and device: small on a CPU, where attention
+and padding eat the gain of large forwards, the batch limits on a GPU). Results are
+delivered per micro-batch, so a request completes as soon as its last window has run, not
+when the whole batch has.
 
 Requests whose caller has gone (task cancelled) or whose deadline has passed are dropped
 before inference: their queued windows are discarded and windows already in a batch are
@@ -64,14 +65,32 @@ class BatchingConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_texts: int = 2048
     inference_threads: int = 0  # forwards at once; 0 = 1 here, the server resolves it
-    # One forward each. On a CPU the int8 default model scores as many texts per second at
-    # 1 window per forward as at 2 or 4 (fewer at 8+), and int8 (dynamic quantisation) gives
-    # a text scores that depend on its neighbours in a forward (up to 0.15 apart, see the
-    # model card): 1 makes every text's scores independent of other traffic. fp32 on a
-    # CPU gains ~15% at 4. On a GPU set them to max_batch_tokens / max_batch_size.
-    micro_batch_tokens: int = 512  # padded tokens per forward
-    micro_batch_size: int = 1  # windows per forward
+    # Per forward; 0 = chosen for the model (`micro_limits`). int8 (dynamic quantisation)
+    # gives a text scores that depend on its neighbours in a forward (up to 0.15 apart, see
+    # the model card) and is as fast one window per forward on a CPU: 1 window, so that its
+    # scores never depend on other traffic. fp32 on one CPU core serves 1.1-1.2x the
+    # texts/s with length-sorted forwards of up to 8 windows and 1024 padded tokens when
+    # at most 20% of those are padding (more padding costs more than batching saves).
+    # On a GPU: the batch limits.
+    micro_batch_tokens: int = 0  # padded tokens per forward
+    micro_batch_size: int = 0  # windows per forward
+    micro_batch_padding: float = 0.2  # largest share of a forward's tokens that is padding
     tokenize_threads: int = 1
+
+
+def micro_limits(config: BatchingConfig, engine: object) -> tuple[int, int, float]:
+    """(padded tokens, windows, padding share) per forward for this engine; never above
+    the batch limits (max_batch_size 1 = batching off)."""
+    manifest = getattr(engine, "manifest", None)
+    precision = getattr(manifest, "precision", "fp32")
+    on_gpu = any(p != "CPUExecutionProvider" for p in getattr(engine, "providers", []))
+    tokens, size = config.micro_batch_tokens, config.micro_batch_size
+    if not size:
+        size = 1 if precision == "int8" else config.max_batch_size if on_gpu else 8
+    if not tokens:
+        tokens = config.max_batch_tokens if on_gpu else 1024
+    limits = min(tokens, config.max_batch_tokens), min(size, config.max_batch_size)
+    return (*limits, config.micro_batch_padding)
 
 
 class QueueFull(Exception):
@@ -149,6 +168,7 @@ class Batcher:
     ) -> None:
         self.engine = engine
         self.config = config or BatchingConfig()
+        self._micro = micro_limits(self.config, engine)
         self.observer: BatchObserver = observer or NullObserver()
         self._clock = clock
         self._queue = WindowQueue()
@@ -226,7 +246,7 @@ class Batcher:
                 self._retry_after(count), self._queued_texts, self.config.max_queue_texts
             )
         self._admit(count)
-        if self._idle() and count <= self.config.micro_batch_size:
+        if self._idle() and count <= self._micro[1]:
             return await self._score_directly(list(texts), truncation, max_windows, deadline)
         request: _Request | None = None
         try:
@@ -292,14 +312,6 @@ class Batcher:
             raise DeadlineExceeded("deadline passed while running") from None
         return scores, timings
 
-    def _micro_limits(self) -> tuple[int, int]:
-        """Per-forward limits; never above the batch limits (max_batch_size 1 = batching off)."""
-        cfg = self.config
-        return (
-            min(cfg.micro_batch_tokens, cfg.max_batch_tokens),
-            min(cfg.micro_batch_size, cfg.max_batch_size),
-        )
-
     def _run_directly(
         self, texts: list[str], truncation: Truncation, max_windows: int
     ) -> tuple[list[TextScores], BatchTimings, list[tuple[int, int, int, float]]]:
@@ -311,7 +323,7 @@ class Batcher:
         lengths = [len(w) for w in windows]
         rows: dict[str, np.ndarray] = {}
         stats = []
-        for group in micro_batches(lengths, *self._micro_limits()):
+        for group in micro_batches(lengths, *self._micro):
             begin = time.perf_counter_ns()
             logits = self.engine.forward([windows[i] for i in group])
             elapsed = time.perf_counter_ns() - begin
@@ -436,7 +448,7 @@ class Batcher:
     def _infer(self, batch: list[QueuedWindow]) -> None:
         """Runs in an inference thread: micro-batches in length order, results posted back."""
         assert self._loop is not None
-        groups = micro_batches([item.length for item in batch], *self._micro_limits())
+        groups = micro_batches([item.length for item in batch], *self._micro)
         for group in groups:
             items = [batch[i] for i in group if batch[i].request.live]
             now = self._clock()
