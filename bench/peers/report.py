@@ -151,7 +151,7 @@ def ceiling_markdown(summary: list[dict], ceilings: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], meta: dict, failures: list[dict],
-             ceilings: list[dict] | None = None, records: list[dict] | None = None) -> str:
+             ceiling_section: list[str] | None = None) -> str:
     out = ["# Wacht vs peers: side-by-side results", "",
            f"Run: {meta.get('started')} · repeats {meta.get('repeats')} · duration per point "
            f"{meta.get('duration_s')} s · client CPUs {meta.get('client_cpus')} · server CPUs "
@@ -162,8 +162,7 @@ def markdown(rows: list[dict], meta: dict, failures: list[dict],
            "process tree (shared pages counted per process); peak PSS counts them once. "
            "Errors are summed over repeats.", ""]
     out += targets(rows)
-    if ceilings:
-        out += ceiling_markdown(ceiling_summary(records or [], ceilings), ceilings)
+    out += ceiling_section or []
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["workload"], row["texts_per_call"], row["mode"])].append(row)
@@ -253,10 +252,10 @@ def write_report(raw: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(raw["records"])
     ceilings = raw.get("ceilings", [])
+    against_ceiling = ceiling_summary(raw["records"], ceilings)
     summary = {"meta": raw["meta"], "failures": raw["failures"], "checks": raw.get("checks", {}),
-               "ceilings": ceilings,
-               "ceiling_summary": ceiling_summary(raw["records"], ceilings), "rows": rows}
+               "ceilings": ceilings, "ceiling_summary": against_ceiling, "rows": rows}
     (out / "peers.json").write_text(json.dumps(summary, indent=1))
-    (out / "peers.md").write_text(markdown(rows, raw["meta"], raw["failures"], ceilings,
-                                           raw["records"]))
+    section = ceiling_markdown(against_ceiling, ceilings) if ceilings else None
+    (out / "peers.md").write_text(markdown(rows, raw["meta"], raw["failures"], section))
     return [out / "peers.json", out / "peers.md", *plots(rows, raw["records"], out)]
