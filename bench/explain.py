@@ -29,12 +29,12 @@ def flagged_candidates(data: Path) -> list[str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from service.batching.batcher import Batcher, BatchingConfig  # noqa: I001
-    from service.batching.generation import GenerationQueue
-    from service.moderation.moderator import ModerateOptions, Moderator
-    from service.moderation.policies import PolicyStore, manifest_thresholds
-    from service.runtime.engine import Engine
-    from service.runtime.generator import Generator
+    from wacht.service.batching.batcher import Batcher, BatchingConfig  # noqa: I001
+    from wacht.service.batching.generation import GenerationQueue
+    from wacht.service.moderation.moderator import ModerateOptions, Moderator
+    from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
+    from wacht.service.runtime.engine import Engine
+    from wacht.service.runtime.generator import Generator
 
     if not (DATA / "tweeteval").is_dir():
         print(f"skipped: {DATA}/tweeteval is absent")

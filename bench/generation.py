@@ -6,8 +6,8 @@
 Prompt processing (prefill): one forward over N prompt tokens, tokens/s. Decode: greedy one-token
 forwards with the KV cache after a 256-token prompt, EOS ignored, tokens/s. Default dirs: the fp32
 and int8 builds under build/explainer/ that exist (`make explainer`; int8 with
-`python -m models.explainer --precision int8`). Also prints int8/fp32 ratios and a sample reply
-per model. Not run in CI; needs a quiet machine.
+`python -m wacht.models.explainer --precision int8`). Also prints int8/fp32 ratios and a
+sample reply per model. Not run in CI; needs a quiet machine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtime.generator import GenerationStats, Generator
+from wacht.service.runtime.generator import GenerationStats, Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIRS = [

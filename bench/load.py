@@ -90,7 +90,7 @@ class ServerProcess:
         self.address = f"127.0.0.1:{self.port}"
 
     async def wait_serving(self, timeout: float = 180.0) -> None:
-        from service.client import AsyncWachtClient
+        from wacht.client import AsyncWachtClient
 
         deadline = time.monotonic() + timeout
         async with AsyncWachtClient(self.address, timeout=2) as client:
@@ -118,7 +118,7 @@ async def closed_loop(
 ) -> Run:
     import grpc
 
-    from service.client import AsyncWachtClient
+    from wacht.client import AsyncWachtClient
 
     latencies: list[float] = []
     errors = 0

@@ -2,7 +2,7 @@
 
     python -m bench.quant [--int8 models/minilm-moderation] [--fp32 DIR] [--threads 2]
 
-The fp32 directory is what `python -m models.build --variant fp32 --out DIR` writes (the build
+The fp32 directory is what `python -m wacht.models.build --variant fp32 --out DIR` writes (the build
 also leaves one at /tmp/wacht-build/fp32-dir). Texts: the evaluation sets of ../shared/data
 (tweets, movie-review sentences, Reddit, Gab), shuffled with a fixed seed, so batches have the
 real length mix. A batch of b texts is b consecutive texts padded to their longest, one forward.
@@ -22,7 +22,7 @@ BATCH_SIZES = (1, 4, 32)
 
 
 def real_texts(count: int, seed: int = 0) -> list[str]:
-    from models.data import DEFAULT_DATA_DIR, evaluation_sets
+    from wacht.models.data import DEFAULT_DATA_DIR, evaluation_sets
 
     texts = [t for s in evaluation_sets(DEFAULT_DATA_DIR) for t in s.texts]
     if not texts:
@@ -46,7 +46,7 @@ def texts_per_second(engine, windows: list[list[int]], batch: int, seconds: floa
 
 
 def main() -> int:
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

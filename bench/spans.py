@@ -93,8 +93,8 @@ def f1(pred: set[int], gold: set[int]) -> float:
 
 
 async def make_batcher(model: Path) -> tuple[Any, Any]:
-    from service.batching.batcher import Batcher, BatchingConfig
-    from service.runtime.engine import Engine
+    from wacht.service.batching.batcher import Batcher, BatchingConfig
+    from wacht.service.runtime.engine import Engine
 
     engine = Engine.load(model, intra_op_threads=2)
     batcher = Batcher(engine, BatchingConfig())
@@ -103,9 +103,9 @@ async def make_batcher(model: Path) -> tuple[Any, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from service.moderation.moderator import ModerateOptions, Moderator
-    from service.moderation.policies import PolicyStore, manifest_thresholds
-    from service.moderation.spans import SpanConfig, word_units
+    from wacht.service.moderation.moderator import ModerateOptions, Moderator
+    from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
+    from wacht.service.moderation.spans import SpanConfig, word_units
 
     if not (DATA / "tweeteval").is_dir() or not (DATA / "sst2").is_dir():
         print(f"skipped: {DATA} lacks tweeteval/ or sst2/")

@@ -1,8 +1,8 @@
 """Build the default model directory: train -> export -> quantise -> eval -> card -> SHA256SUMS.
 
-    python -m models.build --out models/minilm-moderation            # everything (make model)
-    python -m models.build --checkpoint CKPT --out DIR               # skip training
-    python -m models.build --checkpoint CKPT --variant fp32|fp16 --out DIR   # GPU variants
+    python -m wacht.models.build --out models/minilm-moderation            # everything (make model)
+    python -m wacht.models.build --checkpoint CKPT --out DIR               # skip training
+    python -m wacht.models.build --checkpoint CKPT --variant fp32|fp16 --out DIR   # GPU variants
 
 Needs the `train` extra. Intermediate files go to --work (default /tmp/wacht-build).
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models import DEFAULT_MODEL_NAME
-from models.data import DEFAULT_DATA_DIR, evaluation_sets
-from models.train import config_from_args, load_tokenizer
-from models.train import parser as train_parser
+from wacht.models import DEFAULT_MODEL_NAME
+from wacht.models.data import DEFAULT_DATA_DIR, evaluation_sets
+from wacht.models.train import config_from_args, load_tokenizer
+from wacht.models.train import parser as train_parser
 
-log = logging.getLogger("models.build")
+log = logging.getLogger("wacht.models.build")
 
 VERSION = "1.0.0"
 MAX_LENGTH = 256
@@ -45,7 +45,7 @@ def heads_for_manifest(meta: dict) -> list[dict]:
 
 
 def provenance(meta: dict, data: Path, rebuild: str) -> dict:
-    from models.card import BASE_LICENSE, BASE_MODEL, DATASETS
+    from wacht.models.card import BASE_LICENSE, BASE_MODEL, DATASETS
 
     sizes = meta.get("train_sizes", {})
     datasets = [
@@ -64,10 +64,10 @@ def provenance(meta: dict, data: Path, rebuild: str) -> dict:
 
 def write_dir(out: Path, onnx_file: Path, precision: str, meta: dict, data: Path,
               rebuild: str) -> None:
-    from models.export import copy
-    from models.multitask import base_model_dir
-    from models.package import clean_directory, manifest_dict, write_manifest, write_tokenizer
-    from service.runtime.model_dir import write_sha256sums
+    from wacht.models.export import copy
+    from wacht.models.multitask import base_model_dir
+    from wacht.models.package import clean_directory, manifest_dict, write_manifest, write_tokenizer
+    from wacht.service.runtime.model_dir import write_sha256sums
 
     clean_directory(out)
     copy(onnx_file, out / "model.onnx")
@@ -95,8 +95,8 @@ def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuil
     """Compare schemes on a sample, then evaluate the fastest candidates on every eval set and
     ship the first within 1 point of fp32 on every headline metric with >= 99% label
     agreement on every set (if none is, the one with the fewest shortfalls, then the fastest)."""
-    from models import export
-    from models.evaluate import agreement, evaluate, worse_than
+    from wacht.models import export
+    from wacht.models.evaluate import agreement, evaluate, worse_than
 
     if args.scheme:
         table: list[dict] = []
@@ -135,18 +135,18 @@ def choose_int8(args, model, fp32, work, windows, names, out, meta, data, rebuil
 
 
 def build(args: argparse.Namespace) -> Path:
-    from models import export
-    from models.card import render
-    from models.evaluate import agreement, evaluate
-    from models.multitask import load_checkpoint
-    from models.package import finish_directory
-    from models.train import second_phase, train
+    from wacht.models import export
+    from wacht.models.card import render
+    from wacht.models.evaluate import agreement, evaluate
+    from wacht.models.multitask import load_checkpoint
+    from wacht.models.package import finish_directory
+    from wacht.models.train import second_phase, train
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     data = Path(args.data)
-    rebuild = args.rebuild_command or "python -m models.build " + shlex.join(sys.argv[1:])
+    rebuild = args.rebuild_command or "python -m wacht.models.build " + shlex.join(sys.argv[1:])
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     else:
@@ -203,7 +203,7 @@ def build(args: argparse.Namespace) -> Path:
 
 def parser() -> argparse.ArgumentParser:
     p = train_parser()
-    p.prog = "python -m models.build"
+    p.prog = "python -m wacht.models.build"
     p.description = __doc__
     p.set_defaults(out=None)
     p.add_argument("--work", default="/tmp/wacht-build", help="intermediate files")

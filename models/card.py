@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.evaluate import summary_table
-from models.package import file_sums_section
+from wacht.models.evaluate import summary_table
+from wacht.models.package import file_sums_section
 
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BASE_LICENSE = "Apache-2.0"
@@ -277,7 +277,7 @@ Not for automated decisions about people without review.
 - int8 (dynamic quantisation) computes activation scales per forward batch, so a text's
   scores depend slightly on the texts batched with it. Measured on 400 real texts (alone vs
   the server's length-sorted batches): median |Δprobability| 0.018, p99 0.12, max 0.23; 3.3%
-  of sentiment argmaxes flip. The fp32 variant (`python -m models.build --variant fp32`) is
+  of sentiment argmaxes flip. The fp32 variant (`python -m wacht.models.build --variant fp32`) is
   batch-invariant; int8 vs fp32 label agreement on the eval sets is 95-99% (table above).
 
 ## Files

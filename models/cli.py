@@ -1,4 +1,4 @@
-"""`wacht models import|eval|build|export-hf ...` (also `python -m models.cli ...`).
+"""`wacht models import|eval|build|export-hf ...` (also `python -m wacht.models.cli ...`).
 
 `eval` runs in the serving environment; `import`, `build` and `export-hf` need the `train`
 extra (torch, transformers, optimum), imported only when those commands run.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.data import DEFAULT_DATA_DIR
+from wacht.models.data import DEFAULT_DATA_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("out_dir")
     hf.add_argument("--task", required=True, help="toxicity | sentiment")
 
-    sub.add_parser("build", help="train, export, quantise, evaluate (python -m models.build)",
+    sub.add_parser("build", help="train, export, quantise, evaluate (python -m wacht.models.build)",
                    add_help=False)
     return parser
 
@@ -46,21 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["build"]:
-        from models.build import main as build_main
+        from wacht.models.build import main as build_main
 
         return build_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         import structlog
 
-        from models.evaluate import main as eval_main
+        from wacht.models.evaluate import main as eval_main
 
         # keep stdout for the results (--json is piped); runtime logs go to stderr
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
     if args.command == "import":
-        from models.importer import import_hf, parse_category_overrides
+        from wacht.models.importer import import_hf, parse_category_overrides
 
         out = import_hf(args.hf_dir, args.out_dir, name=args.name, task=args.task,
                         categories=parse_category_overrides(args.category),
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}")
         return 0
     if args.command == "export-hf":
-        from models.hf_export import export_hf
+        from wacht.models.hf_export import export_hf
 
         print(f"wrote {export_hf(args.checkpoint, args.out_dir, args.task)}")
         return 0

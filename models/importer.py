@@ -55,7 +55,7 @@ def default_task_name(labels: list[str], categories: dict[str, str | None]) -> s
 
 
 def _tokenizer_json(hf_dir: Path, dest: Path) -> None:
-    from models.package import write_tokenizer
+    from wacht.models.package import write_tokenizer
 
     source = hf_dir / "tokenizer.json"
     if not source.is_file():
@@ -126,7 +126,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: str | None = None,
     import onnx
     from transformers import AutoConfig
 
-    from models.package import clean_directory, finish_directory, manifest_dict, write_manifest
+    from wacht.models.package import (
+        clean_directory,
+        finish_directory,
+        manifest_dict,
+        write_manifest,
+    )
 
     hf_dir, out = Path(hf_dir), Path(out)
     config = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True)
@@ -150,7 +155,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: str | None = None,
         diff = torch_parity(hf_dir, fp32, out / "tokenizer.json")
         final = fp32
         if int8:
-            from models.export import QuantScheme, quantize
+            from wacht.models.export import QuantScheme, quantize
 
             final = quantize(fp32, Path(tmp) / "int8.onnx",
                              QuantScheme("qint8", False, "QInt8", False, False), Path(tmp))
@@ -174,7 +179,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: str | None = None,
                "note": "not evaluated yet: run `wacht models eval` with your data"}
 
     def card(sums: dict[str, str]) -> str:
-        from models.package import file_sums_section
+        from wacht.models.package import file_sums_section
 
         label_lines = "\n".join(
             f"- {label}: category {cats[label] or '–'}, threshold "

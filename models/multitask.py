@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import SENTIMENT_LABELS, TOXICITY_CATEGORIES, TOXICITY_LABELS
+from wacht.models import SENTIMENT_LABELS, TOXICITY_CATEGORIES, TOXICITY_LABELS
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_TASKS = "tasks.json"

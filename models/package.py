@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from service.runtime.model_dir import SUMS_FILE, write_sha256sums
+from wacht.service.runtime.model_dir import SUMS_FILE, write_sha256sums
 
 DIRECTORY_FILES = ("model.onnx", "tokenizer.json", "manifest.yaml", "CARD.md", "metrics.json")
 

@@ -1,6 +1,6 @@
 """Multi-task fine-tuning of all-MiniLM-L6-v2 (needs the `train` extra).
 
-    python -m models.train --out /tmp/wacht-train [--epochs 1] [--device cpu|cuda]
+    python -m wacht.models.train --out /tmp/wacht-train [--epochs 1] [--device cpu|cuda]
 
 Each example carries targets only for the outputs its source labels (masks); SST-2 trains
 sentiment as negative-vs-positive over two of the three logits, TweetEval sentiment supplies
@@ -23,12 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import TOXICITY_LABELS
-from models.data import DEFAULT_DATA_DIR, Example, epoch_sample, training_sources, validation_sets
-from models.multitask import MultiTaskModel, base_model_dir, from_base, save_checkpoint
-from models.thresholds import best_threshold, macro_f1
+from wacht.models import TOXICITY_LABELS
+from wacht.models.data import (
+    DEFAULT_DATA_DIR,
+    Example,
+    epoch_sample,
+    training_sources,
+    validation_sets,
+)
+from wacht.models.multitask import MultiTaskModel, base_model_dir, from_base, save_checkpoint
+from wacht.models.thresholds import best_threshold, macro_f1
 
-log = logging.getLogger("models.train")
+log = logging.getLogger("wacht.models.train")
 
 DEFAULT_CAPS = {"sst2": 25000, "davidson": 8000, "cad": 8000, "hatexplain": 12000}
 
@@ -209,7 +215,7 @@ def train(cfg: TrainConfig) -> Path:
 
     model = from_base(seed=cfg.seed)
     if cfg.init:
-        from models.multitask import load_checkpoint
+        from wacht.models.multitask import load_checkpoint
 
         model.load_state_dict(load_checkpoint(Path(cfg.init))[0].state_dict())
     model = model.to(cfg.device)
@@ -320,7 +326,7 @@ def second_phase(first: TrainConfig, checkpoint: Path, out: Path) -> TrainConfig
 
 def rethreshold(checkpoint: Path, data: Path, threads: int = 2) -> dict[str, float]:
     """Re-run the threshold choice on a finished checkpoint (rewrites its tasks.json)."""
-    from models.multitask import load_checkpoint
+    from wacht.models.multitask import load_checkpoint
 
     torch.set_num_threads(threads)
     model, meta = load_checkpoint(checkpoint)
@@ -335,7 +341,7 @@ def rethreshold(checkpoint: Path, data: Path, threads: int = 2) -> dict[str, flo
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m wacht.models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
     p.add_argument("--data", default=d.data)

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from service.client import DEFAULT_ADDRESS
+from wacht.client import DEFAULT_ADDRESS
 
 MODEL_FACTORY_COMMANDS = ("import", "eval", "build", "export-hf")
 
@@ -31,8 +31,8 @@ def _print(message: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.config import ConfigError, load_config
-    from service.observability.logging import configure_logging
+    from wacht.service.config import ConfigError, load_config
+    from wacht.service.observability.logging import configure_logging
 
     try:
         config = load_config(args.config)
@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"wacht: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log.level, config.log.format, config.log.raw_text)
-    from service.api.server import serve
+    from wacht.service.api.server import serve
 
     try:
         asyncio.run(serve(config))
@@ -58,7 +58,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _moderate(args: argparse.Namespace) -> int:
-    from service.client import WachtClient
+    from wacht.client import WachtClient
 
     with WachtClient(args.address, timeout=args.timeout) as client:
         _print(
@@ -76,7 +76,7 @@ def _moderate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from service.client import WachtClient
+    from wacht.client import WachtClient
 
     with WachtClient(args.address, timeout=args.timeout) as client:
         _print(client.analyze(_texts(args), model=args.model, tasks=args.task or ()))
@@ -86,7 +86,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2
 
-    from service.client import WachtClient
+    from wacht.client import WachtClient
 
     name = health_pb2.HealthCheckResponse.ServingStatus.Name
     with WachtClient(args.address, timeout=args.timeout) as client:
@@ -100,13 +100,15 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _model_factory(argv: list[str]) -> int:
-    from models.cli import main as factory_main  # the model factory (some commands need torch)
+    from wacht.models.cli import (
+        main as factory_main,  # the model factory (some commands need torch)
+    )
 
     return int(factory_main(argv) or 0)
 
 
 def _models(args: argparse.Namespace) -> int:
-    from service.client import WachtClient
+    from wacht.client import WachtClient
 
     with WachtClient(args.address, timeout=args.timeout) as client:
         if args.models_command == "list":
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             return _health(args)
         return _models(args)
     except grpc.RpcError as exc:
-        from service.client import error_details
+        from wacht.client import error_details
 
         print(f"wacht: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         for detail in error_details(exc):

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from service.batching.batcher import BatchingConfig
+from wacht.service.batching.batcher import BatchingConfig
 
 ENV_PREFIX = "WACHT_"
 CONFIG_ENV = "WACHT_CONFIG"

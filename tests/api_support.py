@@ -1,7 +1,7 @@
 """Shared helpers for the API integration tests: a real server on a loopback port.
 
 The server runs in-process on its own event loop in a background thread (so one model load
-serves the whole session) or, for signal tests, as a subprocess (`python -m service serve`).
+serves the whole session) or, for signal tests, as a subprocess (`python -m wacht.service serve`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def free_port() -> int:
 def make_config(**overrides: Any) -> Any:
     """The default config on free loopback ports; keyword overrides (batching=..., limits=...)
     are applied on top, with dict values merged into the nested section."""
-    from service.config import load_config
+    from wacht.service.config import load_config
 
     config = load_config(None, env={})
     config.models = [DEFAULT_MODEL]
@@ -65,8 +65,8 @@ class ServerThread:
     """A WachtServer on its own asyncio loop in a daemon thread."""
 
     def __init__(self, config: Any, load_models: bool = True) -> None:
-        from service.api.server import WachtServer
-        from service.observability.logging import configure_logging
+        from wacht.service.api.server import WachtServer
+        from wacht.service.observability.logging import configure_logging
 
         configure_logging("info", "json")  # to stderr, so stdout stays clean for CLI tests
         self.config = config
@@ -129,7 +129,7 @@ def server_thread(config: Any, require_ready: bool = True) -> Iterator[ServerThr
 
 
 def start_subprocess(env_overrides: dict[str, str], log_file: Path) -> tuple[subprocess.Popen, int]:
-    """`python -m service serve` on a free port, logging to `log_file`; return (process, port)."""
+    """`python -m wacht.service serve` on a free port, logging to `log_file`: (process, port)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WACHT_")}
     env.update(
@@ -171,7 +171,7 @@ def wacht_server() -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="session")
 def client(wacht_server: ServerThread) -> Iterator[Any]:
-    from service.client import WachtClient
+    from wacht.client import WachtClient
 
     with WachtClient(wacht_server.address, timeout=60) as c:
         yield c

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.runtime.model_dir import parse_manifest
+from wacht.service.runtime.model_dir import parse_manifest
 
 MANIFEST = parse_manifest(
     {

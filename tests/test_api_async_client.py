@@ -6,7 +6,7 @@ import asyncio
 
 from api_support import ServerThread
 
-from service.client import AsyncWachtClient
+from wacht.client import AsyncWachtClient
 
 
 def test_async_client(wacht_server: ServerThread) -> None:

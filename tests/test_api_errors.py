@@ -9,7 +9,7 @@ import pytest
 from api_support import ServerThread, metric_value, wait_for
 from google.rpc import error_details_pb2
 
-from service.client import WachtClient, error_details, moderate_request
+from wacht.client import WachtClient, error_details, moderate_request
 from wacht.v1 import analysis_pb2, common_pb2, moderation_pb2
 
 

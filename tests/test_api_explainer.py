@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from api_support import REPO_ROOT, make_config, metric_value, require_model, server_thread
 
-from service.client import WachtClient
+from wacht.client import WachtClient
 from wacht.v1 import moderation_pb2
 
 EXPLAINERS = REPO_ROOT / "build" / "explainer"

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.client import AsyncWachtClient, WachtClient, error_details, moderate_request
+from wacht.client import AsyncWachtClient, WachtClient, error_details, moderate_request
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -241,7 +241,7 @@ def test_client_cancellation_drops_queued_work() -> None:
 
 
 def test_two_models_each_with_its_own_batcher(tmp_path: Path) -> None:
-    from service.runtime.model_dir import write_sha256sums
+    from wacht.service.runtime.model_dir import write_sha256sums
 
     model = require_model()
     second = tmp_path / "second"

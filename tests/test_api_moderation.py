@@ -8,7 +8,7 @@ import grpc
 import pytest
 from api_support import DEFAULT_MODEL
 
-from service.client import WachtClient
+from wacht.client import WachtClient
 from wacht.v1 import common_pb2, moderation_pb2
 
 BENIGN = "Thank you so much, this was a lovely afternoon with friends."

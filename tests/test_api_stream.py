@@ -9,7 +9,7 @@ import grpc
 from api_support import ServerThread, make_config, require_model, server_thread
 from google.rpc import error_details_pb2
 
-from service.client import WachtClient, error_details, moderate_request
+from wacht.client import WachtClient, error_details, moderate_request
 from wacht.v1 import moderation_pb2
 
 

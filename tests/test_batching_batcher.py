@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching.batcher import (
+from wacht.service.batching.batcher import (
     Batcher,
     BatcherClosed,
     BatchingConfig,
@@ -16,8 +16,8 @@ from service.batching.batcher import (
     QueueFull,
     micro_limits,
 )
-from service.runtime.engine import EncodedText, TextScores, TextTooLong
-from service.runtime.packing import micro_batches
+from wacht.service.runtime.engine import EncodedText, TextScores, TextTooLong
+from wacht.service.runtime.packing import micro_batches
 
 FAIL = 666  # a window holding this id makes the fake model raise
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.batching.queue import QueuedWindow, WindowQueue
+from wacht.service.batching.queue import QueuedWindow, WindowQueue
 
 
 def queue_of(*lengths: int, owner: object = "r") -> WindowQueue:

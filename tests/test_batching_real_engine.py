@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching.batcher import Batcher, BatchingConfig
-from service.runtime.engine import Engine
+from wacht.service.batching.batcher import Batcher, BatchingConfig
+from wacht.service.runtime.engine import Engine
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "minilm-moderation"
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from api_support import ServerThread
 
-from service.cli import main
+from wacht.service.cli import main
 
 
 def test_moderate_prints_json(wacht_server: ServerThread, capsys: pytest.CaptureFixture) -> None:
@@ -50,7 +50,7 @@ def test_health_of_nothing_listening(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_model_factory_commands_dispatch(capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("models.cli", reason="the model factory CLI (engineer M) is not here")
+    pytest.importorskip("wacht.models.cli", reason="the model factory CLI (engineer M) is not here")
     with pytest.raises(SystemExit) as caught:
         main(["models", "eval", "--help"])
     assert caught.value.code == 0

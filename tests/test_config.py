@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import PACKAGE_ROOT, ConfigError, load_config
+from wacht.service.config import PACKAGE_ROOT, ConfigError, load_config
 
 
 def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -101,11 +101,11 @@ def test_missing_file() -> None:
 def test_thread_defaults_resolve_from_the_cores(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cores: int, expected: tuple[int, int]
 ) -> None:
-    monkeypatch.setattr("service.config.available_cores", lambda: cores)
+    monkeypatch.setattr("wacht.service.config.available_cores", lambda: cores)
     assert load_config(None, env=env).threads() == expected
 
 
 def test_available_cores_is_positive_and_within_the_machine() -> None:
-    from service.config import available_cores
+    from wacht.service.config import available_cores
 
     assert 1 <= available_cores() <= (os.cpu_count() or 1)

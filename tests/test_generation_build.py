@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service.runtime.generator import GenerationStats, Generator
-from service.runtime.model_dir import read_sha256sums, verify_sha256sums
+from wacht.service.runtime.generator import GenerationStats, Generator
+from wacht.service.runtime.model_dir import read_sha256sums, verify_sha256sums
 
 pytestmark = pytest.mark.train
 
@@ -45,7 +45,7 @@ NO_SYSTEM = (
 def built_explainer() -> Path:
     """The default explainer dir, built (about a minute on 2 cores) when missing."""
     if not (EXPLAINER_DIR / "manifest.yaml").is_file():
-        from models.explainer import build
+        from wacht.models.explainer import build
 
         build(EXPLAINER_DIR)
     return EXPLAINER_DIR
@@ -87,7 +87,7 @@ def test_default_build_generates(built_explainer: Path):
 
 
 def test_reduces_templates_to_strings(built_explainer: Path):
-    from models.explainer import derive_chat_format
+    from wacht.models.explainer import derive_chat_format
 
     fmt = derive_chat_format(_tokenizer(CHATML_NO_DEFAULT))
     assert fmt.default_system is None and fmt.prefix == ""
@@ -106,7 +106,7 @@ def test_reduces_templates_to_strings(built_explainer: Path):
 
 
 def test_a_template_that_cannot_be_reduced_is_refused(built_explainer: Path):
-    from models.explainer import RecipeError, derive_chat_format
+    from wacht.models.explainer import RecipeError, derive_chat_format
 
     clever = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
     for template in (clever, NO_SYSTEM):
@@ -118,7 +118,7 @@ def test_a_local_hf_directory_is_accepted_as_source(built_explainer: Path, tmp_p
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from models.explainer import build
+    from wacht.models.explainer import build
 
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -10,8 +10,13 @@ import time
 
 import pytest
 
-from service.batching.generation import DeadlineExceeded, GenerationQueue, QueueClosed, QueueFull
-from service.runtime.generator import GenerationStats
+from wacht.service.batching.generation import (
+    DeadlineExceeded,
+    GenerationQueue,
+    QueueClosed,
+    QueueFull,
+)
+from wacht.service.runtime.generator import GenerationStats
 
 MESSAGES = [{"role": "user", "content": "Explain."}]
 

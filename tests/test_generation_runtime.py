@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching.generation import GenerationQueue
-from service.runtime.generator import (
+from wacht.service.batching.generation import GenerationQueue
+from wacht.service.runtime.generator import (
     ChatFormat,
     GenerationStats,
     Generator,
     PromptTooLong,
     _Detokenizer,
 )
-from service.runtime.model_dir import ModelDirError
+from wacht.service.runtime.model_dir import ModelDirError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPLAINER_DIR = ROOT / "build" / "explainer" / "smollm2-135m-instruct"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data import DEFAULT_DATA_DIR, evaluation_sets, split_bucket, training_sources
-from models.importer import canonical_category, default_task_name, parse_category_overrides
-from models.thresholds import best_threshold, macro_f1, roc_auc
+from wacht.models.data import DEFAULT_DATA_DIR, evaluation_sets, split_bucket, training_sources
+from wacht.models.importer import canonical_category, default_task_name, parse_category_overrides
+from wacht.models.thresholds import best_threshold, macro_f1, roc_auc
 
 
 def test_roc_auc_known_values_and_ties():
@@ -102,7 +102,8 @@ def test_serving_side_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, models.cli, models.evaluate, models.data, models.importer; "
+    code = ("import sys, wacht.models.cli, wacht.models.evaluate, wacht.models.data, "
+            "wacht.models.importer; "
             "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -112,7 +113,7 @@ def test_eval_cli_on_a_small_data_dir(tmp_path, capsys):
     import json
     from pathlib import Path
 
-    from models.cli import main
+    from wacht.models.cli import main
 
     model = Path(__file__).resolve().parent.parent / "models" / "minilm-moderation"
     if not (model / "manifest.yaml").is_file():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from models import SENTIMENT_LABELS, TOXICITY_CATEGORIES, TOXICITY_LABELS
-from models.data import DEFAULT_DATA_DIR, evaluation_sets
-from models.evaluate import headline, sentiment_metrics, toxicity_metrics, worse_than
-from service.runtime.model_dir import load_model_dir, sha256_file
+from wacht.models import SENTIMENT_LABELS, TOXICITY_CATEGORIES, TOXICITY_LABELS
+from wacht.models.data import DEFAULT_DATA_DIR, evaluation_sets
+from wacht.models.evaluate import headline, sentiment_metrics, toxicity_metrics, worse_than
+from wacht.service.runtime.model_dir import load_model_dir, sha256_file
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "minilm-moderation"
 
@@ -30,7 +30,7 @@ def metrics() -> dict:
 
 @pytest.fixture(scope="module")
 def engine():
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     return Engine.load(MODEL_DIR, intra_op_threads=2)
 

@@ -18,7 +18,7 @@ TEXTS = ["What a lovely day!", "you are a complete idiot", "meh.",
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from models.multitask import from_base, save_checkpoint
+    from wacht.models.multitask import from_base, save_checkpoint
 
     torch.set_num_threads(1)
     model = from_base(seed=7).eval()
@@ -37,7 +37,7 @@ def _windows(tokenizer_file, texts):
 
 
 def test_heads_are_seeded(checkpoint):
-    from models.multitask import from_base, load_checkpoint
+    from wacht.models.multitask import from_base, load_checkpoint
 
     loaded, _ = load_checkpoint(checkpoint)
     again = from_base(seed=7)
@@ -48,8 +48,8 @@ def test_heads_are_seeded(checkpoint):
 
 
 def test_multi_head_onnx_export_matches_torch(checkpoint, tmp_path):
-    from models.export import export_onnx, parity
-    from models.multitask import base_model_dir, load_checkpoint
+    from wacht.models.export import export_onnx, parity
+    from wacht.models.multitask import base_model_dir, load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
     onnx_file = export_onnx(model, tmp_path / "m.onnx")
@@ -61,10 +61,10 @@ def test_multi_head_onnx_export_matches_torch(checkpoint, tmp_path):
 def test_hf_export_then_import_serves_the_same_logits(checkpoint, tmp_path, task):
     from transformers import AutoModelForSequenceClassification
 
-    from models.hf_export import export_hf
-    from models.importer import import_hf
-    from models.multitask import load_checkpoint
-    from service.runtime.engine import Engine
+    from wacht.models.hf_export import export_hf
+    from wacht.models.importer import import_hf
+    from wacht.models.multitask import load_checkpoint
+    from wacht.service.runtime.engine import Engine
 
     hf_dir = export_hf(checkpoint, tmp_path / "hf", task)
     hf = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()

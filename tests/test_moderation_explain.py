@@ -8,9 +8,14 @@ import time
 import pytest
 from moderation_fakes import MANIFEST, THRESHOLDS, FakeBatcher
 
-from service.moderation.explain import guard, quotes, split_rewrite
-from service.moderation.moderator import ExplanationOutcome, ModerateOptions, Moderator, TextOutcome
-from service.moderation.policies import PolicyStore
+from wacht.service.moderation.explain import guard, quotes, split_rewrite
+from wacht.service.moderation.moderator import (
+    ExplanationOutcome,
+    ModerateOptions,
+    Moderator,
+    TextOutcome,
+)
+from wacht.service.moderation.policies import PolicyStore
 
 TEXT = "You are a total idiot and everyone knows it"
 WORDS = {"idiot": {"offensive": 0.9, "insult": 0.95}}
@@ -265,7 +270,7 @@ async def test_deadline_estimate_uses_the_queue_measurement_and_backlog(
 
 
 def test_first_sentences_and_completion():
-    from service.moderation.explain import first_sentences, generation_complete
+    from wacht.service.moderation.explain import first_sentences, generation_complete
 
     text = 'It is an insult. It says "idiot." Then it rambles on and on'
     assert first_sentences(text) == 'It is an insult. It says "idiot."'

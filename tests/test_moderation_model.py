@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.moderation.moderator import ModerateOptions, Moderator
-from service.moderation.policies import PolicyStore, manifest_thresholds
+from wacht.service.moderation.moderator import ModerateOptions, Moderator
+from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "minilm-moderation"
@@ -35,14 +35,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def engine():
-    from service.runtime.engine import Engine
+    from wacht.service.runtime.engine import Engine
 
     return Engine.load(MODEL, intra_op_threads=1)
 
 
 @pytest.fixture
 async def moderator(engine):
-    from service.batching.batcher import Batcher, BatchingConfig
+    from wacht.service.batching.batcher import Batcher, BatchingConfig
 
     batcher = Batcher(engine, BatchingConfig())
     await batcher.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from moderation_fakes import MANIFEST, THRESHOLDS, FakeBatcher
 
-from service.moderation.moderator import (
+from wacht.service.moderation.moderator import (
     InvalidArgument,
     ModerateOptions,
     Moderator,
     ThresholdOverride,
 )
-from service.moderation.policies import PolicyStore
+from wacht.service.moderation.policies import PolicyStore
 
 
 def make(tmp_path=None, fixed=None, words=None, policies: dict[str, str] | None = None):

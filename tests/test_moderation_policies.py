@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.moderation.policies import BUILTIN_SOURCE, PolicyError, PolicyStore
+from wacht.service.moderation.policies import BUILTIN_SOURCE, PolicyError, PolicyStore
 
 REPO = Path(__file__).resolve().parent.parent
 THRESHOLDS = {"toxicity": 0.5, "hate": 0.4, "insult": 0.5, "profanity": 0.5}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.moderation.spans import SpanConfig, byte_offsets, find_spans, word_units
+from wacht.service.moderation.spans import SpanConfig, byte_offsets, find_spans, word_units
 
 
 def unit_texts(text: str) -> list[str]:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from service.observability.logging import configure_logging, get_logger, text_fingerprint
-from service.observability.metrics import Metrics
+from wacht.service.observability.logging import configure_logging, get_logger, text_fingerprint
+from wacht.service.observability.metrics import Metrics
 
 SECRET = "my secret text about somebody"
 

@@ -1,23 +1,23 @@
-"""The committed stubs in wacht/v1 are exactly what the protos generate."""
+"""The committed stubs in clients/python/wacht/v1 are exactly what the protos generate."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from service.protos import REPO_ROOT, generate
+from wacht.service.protos import CLIENT_ROOT, generate
 
 
 def test_committed_stubs_match_protos(tmp_path: Path) -> None:
     generated = generate(tmp_path)
     assert generated, "protoc wrote nothing"
-    committed_dir = REPO_ROOT / "wacht" / "v1"
+    committed_dir = CLIENT_ROOT / "wacht" / "v1"
     names = {p.name for p in generated}
     committed = {p.name for p in committed_dir.iterdir() if p.name.endswith((".py", ".pyi"))}
     committed.discard("__init__.py")
     names.discard("__init__.py")
-    assert names == committed, "stub files differ; run `python -m service.protos`"
+    assert names == committed, "stub files differ; run `python -m wacht.service.protos`"
     stale = [p.name for p in generated if p.read_bytes() != (committed_dir / p.name).read_bytes()]
-    assert not stale, f"stubs out of date: {stale}; run `python -m service.protos`"
+    assert not stale, f"stubs out of date: {stale}; run `python -m wacht.service.protos`"
 
 
 def test_stubs_import_as_top_level_package() -> None:

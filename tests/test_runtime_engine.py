@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from service.runtime.engine import EncodedText, Engine, TextTooLong, build_feeds
-from service.runtime.model_dir import ModelDirError
-from service.runtime.session import requested_providers
+from wacht.service.runtime.engine import EncodedText, Engine, TextTooLong, build_feeds
+from wacht.service.runtime.model_dir import ModelDirError
+from wacht.service.runtime.session import requested_providers
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "minilm-moderation"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from service.runtime.tokenize import TextTooLong, WindowTokenizer, window_starts
+from wacht.service.runtime.tokenize import TextTooLong, WindowTokenizer, window_starts
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "minilm-moderation"
 

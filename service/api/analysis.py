@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from service.api.calls import Call, CallRunner
-from service.api.moderation import model_ref, timings_proto
-from service.api.state import ServingState
-from service.api.validation import Violations, check_texts, check_truncation
-from service.observability.logging import get_logger, texts_summary
+from wacht.service.api.calls import Call, CallRunner
+from wacht.service.api.moderation import model_ref, timings_proto
+from wacht.service.api.state import ServingState
+from wacht.service.api.validation import Violations, check_texts, check_truncation
+from wacht.service.observability.logging import get_logger, texts_summary
 from wacht.v1 import analysis_pb2, analysis_pb2_grpc, common_pb2
 
 log = get_logger("wacht.api.analysis")

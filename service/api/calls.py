@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from service.api import errors
-from service.batching.batcher import BatcherClosed, DeadlineExceeded, QueueFull
-from service.moderation.moderator import InvalidArgument
-from service.observability.logging import bind_request, clear_request, get_logger
-from service.runtime.engine import TextTooLong
+from wacht.service.api import errors
+from wacht.service.batching.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from wacht.service.moderation.moderator import InvalidArgument
+from wacht.service.observability.logging import bind_request, clear_request, get_logger
+from wacht.service.runtime.engine import TextTooLong
 
 if TYPE_CHECKING:
-    from service.api.state import ServingState
+    from wacht.service.api.state import ServingState
 
 T = TypeVar("T")
 log = get_logger("wacht.api")

@@ -75,15 +75,3 @@ def internal(message: str = "internal error; see the server log") -> ApiError:
 
 def status_code_name(code: int) -> str:
     return code_pb2.Code.Name(code) if code in code_pb2.Code.values() else str(code)
-
-
-def unpack_details(status: status_pb2.Status) -> list[Message]:
-    """Unpack the BadRequest / RetryInfo details of a google.rpc.Status (for clients, tests)."""
-    out: list[Message] = []
-    for detail in status.details:
-        for cls in (error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
-            if detail.Is(cls.DESCRIPTOR):
-                message = cls()
-                detail.Unpack(message)
-                out.append(message)
-    return out

@@ -16,7 +16,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import DecodeError
 
-from service.api import errors
+from wacht.service.api import errors
 
 
 @dataclass

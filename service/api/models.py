@@ -6,8 +6,8 @@ from typing import Any
 
 import grpc
 
-from service.api.calls import Call, CallRunner
-from service.api.state import ServedModel, ServingState
+from wacht.service.api.calls import Call, CallRunner
+from wacht.service.api.state import ServedModel, ServingState
 from wacht.v1 import models_pb2, models_pb2_grpc
 
 

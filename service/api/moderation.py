@@ -9,13 +9,13 @@ from typing import Any
 
 import grpc
 
-from service.api.calls import Call, CallRunner, to_api_error
-from service.api.handlers import Undecodable
-from service.api.state import ServedModel, ServingState
-from service.api.validation import Violations, check_texts, moderate_options
-from service.moderation.moderator import ExplanationOutcome, TextOutcome
-from service.moderation.taxonomy import CATEGORIES
-from service.observability.logging import get_logger, texts_summary
+from wacht.service.api.calls import Call, CallRunner, to_api_error
+from wacht.service.api.handlers import Undecodable
+from wacht.service.api.state import ServedModel, ServingState
+from wacht.service.api.validation import Violations, check_texts, moderate_options
+from wacht.service.moderation.moderator import ExplanationOutcome, TextOutcome
+from wacht.service.moderation.taxonomy import CATEGORIES
+from wacht.service.observability.logging import get_logger, texts_summary
 from wacht.v1 import common_pb2, moderation_pb2, moderation_pb2_grpc
 
 log = get_logger("wacht.api.moderation")

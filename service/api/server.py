@@ -20,19 +20,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api.analysis import AnalysisServicer
-from service.api.calls import CallRunner
-from service.api.handlers import add_servicer
-from service.api.models import ModelsServicer
-from service.api.moderation import ModerationServicer
-from service.api.state import ServedModel, ServingState
-from service.batching.batcher import Batcher
-from service.config import Config
-from service.moderation.moderator import Moderator
-from service.moderation.policies import PolicyStore, manifest_thresholds
-from service.observability.logging import get_logger
-from service.observability.metrics import Metrics
-from service.runtime.engine import Engine
+from wacht.service.api.analysis import AnalysisServicer
+from wacht.service.api.calls import CallRunner
+from wacht.service.api.handlers import add_servicer
+from wacht.service.api.models import ModelsServicer
+from wacht.service.api.moderation import ModerationServicer
+from wacht.service.api.state import ServedModel, ServingState
+from wacht.service.batching.batcher import Batcher
+from wacht.service.config import Config
+from wacht.service.moderation.moderator import Moderator
+from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
+from wacht.service.observability.logging import get_logger
+from wacht.service.observability.metrics import Metrics
+from wacht.service.runtime.engine import Engine
 from wacht.v1 import analysis_pb2, models_pb2, moderation_pb2
 
 log = get_logger("wacht.server")
@@ -199,12 +199,12 @@ class WachtServer:
         """The generative explainer (optional): without one, GENERATIVE falls back to EVIDENCE."""
         if self.config.explainer_dir is None:
             return None
-        from service.config import resolve_path
+        from wacht.service.config import resolve_path
 
         path = resolve_path(self.config.explainer_dir)
         try:
-            from service.batching.generation import GenerationQueue
-            from service.runtime.generator import Generator
+            from wacht.service.batching.generation import GenerationQueue
+            from wacht.service.runtime.generator import Generator
 
             generator = Generator.load(
                 path,

@@ -6,13 +6,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.api import errors
-from service.batching.batcher import Batcher
-from service.config import Config
-from service.moderation.moderator import Moderator
-from service.moderation.policies import PolicyStore
-from service.observability.metrics import Metrics
-from service.runtime.engine import Engine
+from wacht.service.api import errors
+from wacht.service.batching.batcher import Batcher
+from wacht.service.config import Config
+from wacht.service.moderation.moderator import Moderator
+from wacht.service.moderation.policies import PolicyStore
+from wacht.service.observability.metrics import Metrics
+from wacht.service.runtime.engine import Engine
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from service.api import errors
-from service.config import LimitsConfig
-from service.moderation.moderator import ModerateOptions, ThresholdOverride
-from service.moderation.taxonomy import CATEGORIES
+from wacht.service.api import errors
+from wacht.service.config import LimitsConfig
+from wacht.service.moderation.moderator import ModerateOptions, ThresholdOverride
+from wacht.service.moderation.taxonomy import CATEGORIES
 from wacht.v1 import common_pb2, moderation_pb2
 
 TRUNCATIONS = {

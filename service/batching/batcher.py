@@ -51,9 +51,9 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from service.batching.queue import QueuedWindow, WindowQueue
-from service.runtime.engine import EncodedText, Engine, TextScores, Truncation
-from service.runtime.packing import micro_batches
+from wacht.service.batching.queue import QueuedWindow, WindowQueue
+from wacht.service.runtime.engine import EncodedText, Engine, TextScores, Truncation
+from wacht.service.runtime.packing import micro_batches
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.batching.batcher import DeadlineExceeded, QueueFull
-from service.runtime.generator import GenerationStats
+from wacht.service.batching.batcher import DeadlineExceeded, QueueFull
+from wacht.service.runtime.generator import GenerationStats
 
 __all__ = ["DeadlineExceeded", "GenerationQueue", "QueueClosed", "QueueFull", "StreamingGenerator"]
 

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.moderation.outcomes import (
+from wacht.service.moderation.outcomes import (
     CategoryOutcome,
     ExplanationOutcome,
     ReasonOutcome,
     SpanOutcome,
 )
-from service.moderation.taxonomy import terms
+from wacht.service.moderation.taxonomy import terms
 
 DECISION_WORDS = {"allow": "Allowed", "review": "Sent to review", "block": "Blocked"}
 QUOTE_PATTERNS = (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from service.moderation.explain import (
+from wacht.service.moderation.explain import (
     GenerationConfig,
     SpeedEstimate,
     TextGenerator,
@@ -24,7 +24,7 @@ from service.moderation.explain import (
     reasons_for,
     split_rewrite,
 )
-from service.moderation.outcomes import (
+from wacht.service.moderation.outcomes import (
     SEVERITY,
     Action,
     CategoryOutcome,
@@ -35,12 +35,12 @@ from service.moderation.outcomes import (
     SpanOutcome,
     TextOutcome,
 )
-from service.moderation.policies import CategoryRule, Policy, PolicyStore, default_block
-from service.moderation.spans import SpanConfig, find_spans
-from service.moderation.taxonomy import CATEGORIES
+from wacht.service.moderation.policies import CategoryRule, Policy, PolicyStore, default_block
+from wacht.service.moderation.spans import SpanConfig, find_spans
+from wacht.service.moderation.taxonomy import CATEGORIES
 
 if TYPE_CHECKING:
-    from service.runtime.model_dir import Manifest
+    from wacht.service.runtime.model_dir import Manifest
 
 __all__ = [
     "CategoryOutcome",

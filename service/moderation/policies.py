@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 import yaml
 
-from service.moderation.taxonomy import CATEGORIES
+from wacht.service.moderation.taxonomy import CATEGORIES
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from service.moderation.outcomes import SpanOutcome
+from wacht.service.moderation.outcomes import SpanOutcome
 
 # Scores each text, returning canonical category -> score per text.
 Rescore = Callable[[list[str]], Awaitable[list[dict[str, float]]]]

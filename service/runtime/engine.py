@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from service.runtime.model_dir import Manifest, ModelDir, ModelDirError, load_model_dir
-from service.runtime.packing import micro_batches
-from service.runtime.session import SessionSettings, create_session
-from service.runtime.tokenize import (
+from wacht.service.runtime.model_dir import Manifest, ModelDir, ModelDirError, load_model_dir
+from wacht.service.runtime.packing import micro_batches
+from wacht.service.runtime.session import SessionSettings, create_session
+from wacht.service.runtime.tokenize import (
     EncodedText,
     TextTooLong,
     Truncation,

@@ -1,7 +1,7 @@
 """Generative explainer runtime: an ONNX decoder with KV cache, run by onnxruntime.
 
 Serving needs only onnxruntime, tokenizers and numpy. The model directory is written by
-`python -m models.explainer` (see docs/explainer.md): model.onnx (+ external data),
+`python -m wacht.models.explainer` (see docs/explainer.md): model.onnx (+ external data),
 tokenizer.json, generation.json (chat format), manifest.yaml (kind: generator), CARD.md,
 SHA256SUMS.
 """
@@ -21,7 +21,7 @@ import onnxruntime as ort
 import yaml
 from tokenizers import Tokenizer
 
-from service.runtime.model_dir import ModelDirError, read_sha256sums, verify_sha256sums
+from wacht.service.runtime.model_dir import ModelDirError, read_sha256sums, verify_sha256sums
 
 GENERATION_FILE = "generation.json"
 _ONNX_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

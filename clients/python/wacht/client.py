@@ -18,11 +18,10 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from service.api.errors import unpack_details
 from wacht.v1 import (
     analysis_pb2,
     analysis_pb2_grpc,
@@ -151,6 +150,22 @@ def error_status(error: grpc.RpcError) -> status_pb2.Status | None:
         return rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:
         return None
+
+
+def unpack_details(status: status_pb2.Status) -> list[Message]:
+    """The BadRequest / RetryInfo / QuotaFailure details of a google.rpc.Status."""
+    out: list[Message] = []
+    for detail in status.details:
+        for cls in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.QuotaFailure,
+        ):
+            if detail.Is(cls.DESCRIPTOR):
+                message = cls()
+                detail.Unpack(message)
+                out.append(message)
+    return out
 
 
 def error_details(error: grpc.RpcError | status_pb2.Status) -> list[Message]:

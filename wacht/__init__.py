@@ -1,1 +1,0 @@
-"""Generated gRPC/protobuf stubs for the Wacht API (see protos/)."""
