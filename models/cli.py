@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="map a label to a canonical category; LABEL= removes it")
     imp.add_argument("--max-length", type=int)
     imp.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
+    imp.add_argument("--language", action="append", default=[], metavar="CODE",
+                     help="a language the model reads (ISO 639-1), for language routing; "
+                     "repeat for several (default: none, served only when a request names it)")
 
     hf = sub.add_parser("export-hf", help="one head of a checkpoint -> standard HF model")
     hf.add_argument("checkpoint")
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out = import_hf(args.hf_dir, args.out_dir, name=args.name, task=args.task,
                         categories=parse_category_overrides(args.category),
-                        max_length=args.max_length, int8=args.int8)
+                        max_length=args.max_length, int8=args.int8,
+                        languages=tuple(args.language))
         print(f"wrote {out}")
         return 0
     if args.command == "export-hf":

@@ -291,6 +291,7 @@ def build(
     name: str | None = None,
     chat_format: str = "auto",
     repetition_penalty: float = 1.0,
+    languages: tuple[str, ...] = ("en",),
 ) -> Path:
     started = time.perf_counter()
     src = source or default_gguf()
@@ -346,6 +347,7 @@ def build(
         "context_length": context,
         "eos_token_ids": eos,
         "logits": "last" if last_only else "all",
+        "languages": list(languages),
         "provenance": {
             "base_model": base,
             "base_model_license": license_,
@@ -379,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="default penalty on tokens already generated (1.0 = none), in generation.json",
     )
+    parser.add_argument(
+        "--language", action="append", default=[], metavar="CODE",
+        help="a language the model writes well (ISO 639-1; repeat; default: en). Explanations "
+        "for texts in other languages fall back to the evidence sentence",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = args.out or (
@@ -386,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         build(
-            out, args.source, args.precision, args.name, args.chat_format, args.repetition_penalty
+            out, args.source, args.precision, args.name, args.chat_format, args.repetition_penalty,
+            tuple(args.language) or ("en",),
         )
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)

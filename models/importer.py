@@ -122,7 +122,8 @@ def torch_parity(hf_dir: Path, onnx_file: Path, tokenizer_file: Path) -> float:
 
 def import_hf(hf_dir: str | Path, out: str | Path, *, name: str | None = None,
               task: str | None = None, categories: dict[str, str | None] | None = None,
-              max_length: int | None = None, int8: bool = False) -> Path:
+              max_length: int | None = None, int8: bool = False,
+              languages: tuple[str, ...] = ()) -> Path:
     import onnx
     from transformers import AutoConfig
 
@@ -171,7 +172,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, name: str | None = None,
               "license": "see the source checkpoint", "rebuild_command":
               f"wacht models import {hf_dir} {out}" + (" --int8" if int8 else "")}
     manifest = manifest_dict(name, "0.1.0", "int8" if int8 else "fp32", [head], source,
-                             length, max(1, length * 3 // 4), inputs)
+                             length, max(1, length * 3 // 4), inputs, languages=languages)
     write_manifest(out / "manifest.yaml", manifest)
     metrics = {"model": name, "precision": manifest["precision"], "datasets": {},
                "parity": {"fp32_vs_torch_max_abs": float(f"{diff:.3g}"),

@@ -30,6 +30,7 @@ def manifest_dict(
     name: str, version: str, precision: str, heads: list[dict[str, Any]],
     provenance: dict[str, Any], max_length: int = 256, window_stride: int = 192,
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+    languages: tuple[str, ...] = ("en",),
 ) -> dict[str, Any]:
     """`heads`: dicts with name, output, activation, labels, categories, thresholds."""
     tasks = []
@@ -47,8 +48,8 @@ def manifest_dict(
                       "labels": labels})
     provenance = {"created": dt.date.today().isoformat(), **provenance}
     return {"name": name, "version": version, "precision": precision, "max_length": max_length,
-            "window_stride": window_stride, "inputs": list(inputs), "tasks": tasks,
-            "provenance": provenance}
+            "window_stride": window_stride, "inputs": list(inputs), "languages": list(languages),
+            "tasks": tasks, "provenance": provenance}
 
 
 class _FlowLabels(yaml.SafeDumper):

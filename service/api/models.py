@@ -83,6 +83,19 @@ def model_info(served: ServedModel, state: ServingState) -> models_pb2.ModelInfo
         metrics_json=model_dir.read_text("metrics.json"),
         files=files,
         precision=manifest.precision,
+        languages=list(manifest.languages),
+    )
+
+
+def routing_info(state: ServingState) -> models_pb2.Routing:
+    if state.core is None:
+        return models_pb2.Routing()
+    router = state.core.router
+    return models_pb2.Routing(
+        languages=dict(router.table.languages),
+        fallback=router.table.fallback,
+        min_confidence=router.table.min_confidence,
+        detector=getattr(router.detector, "name", "") or "",
     )
 
 
@@ -96,7 +109,8 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     ) -> models_pb2.ListModelsResponse:
         async def body(call: Call) -> models_pb2.ListModelsResponse:
             return models_pb2.ListModelsResponse(
-                models=[model_info(m, self.state) for m in self.state.models.values()]
+                models=[model_info(m, self.state) for m in self.state.models.values()],
+                routing=routing_info(self.state),
             )
 
         return await self.runner.unary("ListModels", context, body)

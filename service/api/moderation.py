@@ -12,7 +12,12 @@ import grpc
 from wacht.service.api.calls import Call, CallRunner, to_api_error
 from wacht.service.api.handlers import Undecodable
 from wacht.service.api.state import ServedModel, ServingState
-from wacht.service.api.validation import Violations, check_texts, moderate_options
+from wacht.service.api.validation import (
+    Violations,
+    check_language,
+    check_texts,
+    moderate_options,
+)
 from wacht.service.moderation.moderator import ExplanationOutcome, TextOutcome
 from wacht.service.moderation.taxonomy import CATEGORIES
 from wacht.service.observability.logging import get_logger, texts_summary
@@ -65,6 +70,7 @@ def explanation_proto(outcome: ExplanationOutcome) -> moderation_pb2.Explanation
         fallback_reason=outcome.fallback_reason,
         suggested_rewrite=outcome.suggested_rewrite,
         generator=outcome.generator,
+        language=outcome.language,
     )
 
 
@@ -94,6 +100,8 @@ def result_proto(
         model=model,
         tokens=outcome.tokens,
         windows=outcome.windows,
+        language=outcome.language,
+        language_confidence=outcome.language_confidence,
     )
     if outcome.sentiment_label:
         result.sentiment.label = outcome.sentiment_label
@@ -108,6 +116,13 @@ def result_proto(
 
 def model_ref(served: ServedModel) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=served.manifest.name, version=served.manifest.version)
+
+
+def model_refs(state: ServingState, names: list[str]) -> tuple[list[common_pb2.ModelRef],
+                                                               common_pb2.ModelRef | None]:
+    """A ModelRef per text, and the response-level one when every text used the same model."""
+    refs = {name: model_ref(state.models[name]) for name in dict.fromkeys(names)}
+    return [refs[n] for n in names], next(iter(refs.values())) if len(refs) == 1 else None
 
 
 def timings_proto(timings: Any, total_ns: int, explain_ns: int = 0) -> common_pb2.Timings:
@@ -130,29 +145,28 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ModerateRequest, call: Call, prefix: str = ""
     ) -> moderation_pb2.ModerateResponse:
         v = Violations(prefix)
-        served = self.state.model(request.model, prefix + "model")
+        target = self.state.target(request.model, prefix + "model")
         ids, texts = check_texts(request.texts, self.state.config.limits, v)
-        options = moderate_options(
-            request, served.manifest.categories, served.policies, v, call.deadline
-        )
+        language = check_language(request.language, v, "language")
+        options = moderate_options(request, target.categories, target.policies, v, call.deadline)
         v.raise_if_any()
         self.state.metrics.texts.labels(call.method).inc(len(texts))
         log.debug("moderate", texts=texts_summary(texts))
-        started = time.monotonic_ns()
-        outcomes, timings, policy = await served.moderator.moderate(texts, options)
-        elapsed = time.monotonic_ns() - started
-        explain_ns = getattr(timings, "explain_ns", None)
-        if explain_ns is None:
-            spent = timings.queue_ns + timings.tokenize_ns + timings.inference_ns
-            explain_ns = max(0, elapsed - spent) if options.explanation != "none" else 0
-        ref = model_ref(served)
-        return moderation_pb2.ModerateResponse(
-            results=[result_proto(i, o, ref) for i, o in zip(ids, outcomes, strict=True)],
-            timings=timings_proto(timings, call.elapsed_ns(), explain_ns),
-            model=ref,
+        outcomes, timings, policy = await target.core.moderate(
+            texts, options, model=request.model, language=language
+        )
+        refs, common = model_refs(self.state, [o.model for o in outcomes])
+        response = moderation_pb2.ModerateResponse(
+            results=[
+                result_proto(i, o, r) for i, o, r in zip(ids, outcomes, refs, strict=True)
+            ],
+            timings=timings_proto(timings, call.elapsed_ns(), timings.explain_ns),
             policy=policy,
             request_id=call.request_id,
         )
+        if common is not None:
+            response.model.CopyFrom(common)
+        return response
 
     async def Moderate(  # noqa: N802
         self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
@@ -252,10 +266,11 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
     def _explain(self, request: moderation_pb2.ExplainRequest) -> Any:
         async def body(call: Call) -> AsyncIterator[moderation_pb2.ExplainResponse]:
             v = Violations()
-            served = self.state.model(request.model)
+            target = self.state.target(request.model)
             ids, texts = check_texts(
                 [request.text], self.state.config.limits, v, "text", single=True
             )
+            language = check_language(request.language, v, "language")
             as_moderate = moderation_pb2.ModerateRequest(
                 policy=request.policy,
                 explanation=moderation_pb2.EXPLANATION_LEVEL_GENERATIVE,
@@ -265,18 +280,21 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
             for key, value in request.threshold_overrides.items():
                 as_moderate.threshold_overrides[key].CopyFrom(value)
             options = moderate_options(
-                as_moderate, served.manifest.categories, served.policies, v, call.deadline
+                as_moderate, target.categories, target.policies, v, call.deadline
             )
             v.raise_if_any()
             self.state.metrics.texts.labels(call.method).inc(1)
-            ref = model_ref(served)
             text_id = request.text.id or "0"
-            async for event in served.moderator.explain_stream(texts[0], options):
+            events = target.core.explain_stream(
+                texts[0], options, model=request.model, language=language
+            )
+            async for event in events:
                 if isinstance(event, str):
                     yield moderation_pb2.ExplainResponse(text_delta=event)
                 elif isinstance(event, ExplanationOutcome):
                     yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
                 else:
+                    ref = model_ref(self.state.models[event.model])
                     yield moderation_pb2.ExplainResponse(
                         moderation=result_proto(text_id, event, ref)
                     )

@@ -28,8 +28,10 @@ from wacht.service.api.moderation import ModerationServicer
 from wacht.service.api.state import ServedModel, ServingState
 from wacht.service.batching.batcher import Batcher
 from wacht.service.config import Config
+from wacht.service.moderation.core import Core
 from wacht.service.moderation.moderator import Moderator
 from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
+from wacht.service.moderation.routing import Router, RoutingTable
 from wacht.service.observability.logging import get_logger
 from wacht.service.observability.metrics import Metrics
 from wacht.service.runtime.engine import Engine
@@ -184,6 +186,7 @@ class WachtServer:
                 f"default_model {default!r} is not served; served: {list(self.state.models)}"
             )
         self.state.default_model = default
+        self.state.core = Core(self.state.moderators, await self._router(default))
         for served in self.state.models.values():
             served.is_default = served.name == default
             manifest = served.manifest
@@ -194,6 +197,45 @@ class WachtServer:
                 served.engine.providers[0] if served.engine.providers else "",
                 str(served.is_default).lower(),
             ).set(1)
+
+    async def _router(self, default: str) -> Router:
+        """The routing table from the manifests and `routing`, and the language detector."""
+        routing = self.config.routing
+        table = RoutingTable.build(
+            ((name, served.manifest.languages) for name, served in self.state.models.items()),
+            overrides=routing.languages,
+            fallback=routing.fallback or default,
+            min_confidence=routing.min_confidence,
+        )
+        unknown = sorted({*table.models()} - set(self.state.models))
+        if unknown:
+            raise ValueError(
+                f"routing names models that are not served: {unknown}; "
+                f"served: {list(self.state.models)}"
+            )
+        detector = await asyncio.to_thread(self._load_detector) if routing.detect else None
+        log.info(
+            "routing",
+            languages=dict(table.languages),
+            fallback=table.fallback,
+            detector=getattr(detector, "name", None),
+        )
+        return Router(table, detector)
+
+    def _load_detector(self) -> Any:
+        """fastText language identification; without it every text is "und" (fallback)."""
+        from wacht.service.config import resolve_path
+        from wacht.service.runtime.language import LanguageDetector
+
+        path = self.config.routing.language_model
+        try:
+            return LanguageDetector(resolve_path(path) if path else None)
+        except Exception as exc:
+            log.error(
+                "language detector failed to load; texts go to the fallback model",
+                error=str(exc) or type(exc).__name__,
+            )
+            return None
 
     def _load_explainer(self) -> Any:
         """The generative explainer (optional): without one, GENERATIVE falls back to EVIDENCE."""

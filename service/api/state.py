@@ -9,6 +9,7 @@ from typing import Any
 from wacht.service.api import errors
 from wacht.service.batching.batcher import Batcher
 from wacht.service.config import Config
+from wacht.service.moderation.core import Core
 from wacht.service.moderation.moderator import Moderator
 from wacht.service.moderation.policies import PolicyStore
 from wacht.service.observability.metrics import Metrics
@@ -29,6 +30,32 @@ class ServedModel:
         return self.engine.manifest
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a request can reach: the model it names, else every routing target."""
+
+    core: Core
+    models: list[ServedModel]
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Categories every reachable model scores (a routed text must not lack one)."""
+        first, *rest = self.models
+        return tuple(c for c in first.manifest.categories
+                     if all(c in m.manifest.categories for m in rest))
+
+    @property
+    def tasks(self) -> list[str]:
+        first, *rest = self.models
+        return [t.name for t in first.manifest.tasks
+                if all(t.name in (u.name for u in m.manifest.tasks) for m in rest)]
+
+    @property
+    def policies(self) -> PolicyStore:
+        # every model loads the same policy files (thresholds relative to its own manifest)
+        return self.models[0].policies
+
+
 @dataclass
 class ServingState:
     config: Config
@@ -39,6 +66,7 @@ class ServingState:
     draining: bool = False
     load_error: str = ""
     explainer: Any = None
+    core: Core | None = None  # routing + moderation over every served model, once loaded
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -64,6 +92,23 @@ class ServingState:
                 [(field_path, f"unknown model {name!r}; served models: {known}")]
             )
         return served
+
+    def target(self, name: str, field_path: str = "model") -> Target:
+        """The model named `name` (INVALID_ARGUMENT on field_path if unknown), or for "" every
+        model language routing can send a text to."""
+        if name:
+            return Target(self._core(), [self.model(name, field_path)])
+        core = self._core()
+        names = core.router.table.models()
+        return Target(core, [self.models[n] for n in names if n in self.models])
+
+    def _core(self) -> Core:
+        if self.core is None:
+            raise errors.unavailable("models are still loading")
+        return self.core
+
+    def moderators(self) -> dict[str, Moderator]:
+        return {name: served.moderator for name, served in self.models.items()}
 
     def call_started(self) -> None:
         self.inflight += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,19 @@ def check_texts(
             at = f"{field}.text" if single else f"{field}[{i}].text"
             v.add(at, f"{size} bytes; at most {limits.max_text_bytes} UTF-8 bytes")
     return ids, [item.text for item in texts]
+
+
+LANGUAGE_CODE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+
+
+def check_language(value: str, v: Violations, field: str = "language") -> str:
+    """'' (detect per text) or a language code such as "de" / "de-AT", lower-cased."""
+    if not value:
+        return ""
+    if len(value) > 35 or not LANGUAGE_CODE.fullmatch(value):
+        v.add(field, "not a language code (expected ISO 639-1, e.g. 'de', or a BCP-47 tag)")
+        return ""
+    return value.lower().replace("_", "-")
 
 
 def check_truncation(value: int, v: Violations, field: str = "truncation") -> str:

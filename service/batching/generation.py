@@ -79,6 +79,9 @@ class GenerationQueue:
             raise ValueError("max_concurrent must be >= 1 and max_waiting >= 0")
         self.generator = generator
         self.name = generator.name
+        self.languages: tuple[str, ...] = getattr(
+            getattr(generator, "manifest", None), "languages", ("en",)
+        )
         self.max_concurrent = max_concurrent
         self.max_waiting = max_waiting
         self._smoothing = smoothing

@@ -23,7 +23,6 @@ from wacht.service.moderation.outcomes import (
 )
 from wacht.service.moderation.taxonomy import terms
 
-DECISION_WORDS = {"allow": "Allowed", "review": "Sent to review", "block": "Blocked"}
 QUOTE_PATTERNS = (
     re.compile(r'"([^"\n]{1,400})"'),
     re.compile(r"“([^”\n]{1,400})”"),
@@ -81,30 +80,91 @@ def reasons_for(categories: list[CategoryOutcome], spans: list[SpanOutcome]) -> 
     return reasons
 
 
+@dataclass(frozen=True)
+class EvidenceWording:
+    """The evidence sentence in one language."""
+
+    decisions: dict[str, str]
+    categories: dict[str, str]
+    nothing_checked: str
+    nothing_reached: str  # {category} {score} {threshold}
+    reached: str  # {category} {score} {threshold} {level}
+    levels: dict[str, str]
+    driven_by: str  # {quoted}
+    quote: str  # {text}
+    decimal: str = "."
+
+
+WORDINGS = {
+    "en": EvidenceWording(
+        decisions={"allow": "Allowed", "review": "Sent to review", "block": "Blocked"},
+        categories={},
+        nothing_checked="no category was checked",
+        nothing_reached="no category reached its review threshold (highest: {category} "
+        "{score}, review at {threshold})",
+        reached="{category} scored {score}, at or above the {level} threshold {threshold}",
+        levels={"block": "block", "review": "review"},
+        driven_by=", driven by {quoted}",
+        quote='"{text}"',
+    ),
+    "de": EvidenceWording(
+        decisions={"allow": "Erlaubt", "review": "Zur Prüfung", "block": "Blockiert"},
+        categories={
+            "toxicity": "Toxizität", "severe_toxicity": "schwere Toxizität", "hate": "Hassrede",
+            "insult": "Beleidigung", "profanity": "Vulgärsprache", "threat": "Drohung",
+            "harassment": "Belästigung", "sexual": "sexuelle Inhalte", "violence": "Gewalt",
+            "self_harm": "Selbstverletzung",
+        },
+        nothing_checked="keine Kategorie wurde geprüft",
+        nothing_reached="keine Kategorie erreichte ihre Prüfschwelle (höchster Wert: "
+        "{category} {score}, Prüfung ab {threshold})",
+        reached="{category} erreichte {score} und damit die {level} {threshold}",
+        levels={"block": "Sperrschwelle", "review": "Prüfschwelle"},
+        driven_by=", ausgelöst durch {quoted}",
+        quote="„{text}“",
+        decimal=",",
+    ),
+}
+
+
+def wording_for(language: str) -> tuple[str, EvidenceWording]:
+    """The evidence wording for a text's language (English where there is none yet)."""
+    code = (language or "en").lower().split("-")[0]
+    return (code, WORDINGS[code]) if code in WORDINGS else ("en", WORDINGS["en"])
+
+
 def evidence_sentence(
-    decision: str, reasons: list[ReasonOutcome], categories: list[CategoryOutcome]
+    decision: str, reasons: list[ReasonOutcome], categories: list[CategoryOutcome],
+    language: str = "en",
 ) -> str:
-    """One deterministic sentence saying why."""
-    head = DECISION_WORDS.get(decision, decision.capitalize())
+    """One deterministic sentence saying why, in the text's language where we have one."""
+    _, w = wording_for(language)
+
+    def name(category: str) -> str:
+        return w.categories.get(category, _human(category))
+
+    def number(value: float) -> str:
+        return f"{value:.2f}".replace(".", w.decimal)
+
+    head = w.decisions.get(decision, decision.capitalize())
     if not reasons:
         if not categories:
-            return f"{head}: no category was checked."
+            return f"{head}: {w.nothing_checked}."
         top = max(categories, key=lambda c: c.score)
-        return (
-            f"{head}: no category reached its review threshold "
-            f"(highest: {_human(top.category)} {top.score:.2f}, review at "
-            f"{top.review_threshold:.2f})."
-        )
+        return f"{head}: " + w.nothing_reached.format(
+            category=name(top.category), score=number(top.score),
+            threshold=number(top.review_threshold),
+        ) + "."
     parts = []
     for reason in reasons:
-        level = "block" if reason.action == "block" else "review"
-        part = (
-            f"{_human(reason.category)} scored {reason.score:.2f}, at or above the {level} "
-            f"threshold {reason.threshold:.2f}"
+        level = w.levels["block" if reason.action == "block" else "review"]
+        part = w.reached.format(
+            category=name(reason.category), score=number(reason.score), level=level,
+            threshold=number(reason.threshold),
         )
         if reason.spans:
-            quoted = ", ".join(f'"{s.text}"' for s in reason.spans[:3])
-            part += f", driven by {quoted}"
+            quoted = ", ".join(w.quote.format(text=s.text) for s in reason.spans[:3])
+            part += w.driven_by.format(quoted=quoted)
         parts.append(part)
     return f"{head}: " + "; ".join(parts) + "."
 
@@ -115,13 +175,15 @@ def evidence_explanation(
     categories: list[CategoryOutcome],
     *,
     fallback_reason: str = "",
+    language: str = "en",
 ) -> ExplanationOutcome:
     return ExplanationOutcome(
         level="evidence",
-        text=evidence_sentence(decision, reasons, categories),
+        text=evidence_sentence(decision, reasons, categories, language),
         reasons=reasons,
         fallback=bool(fallback_reason),
         fallback_reason=fallback_reason,
+        language=wording_for(language)[0],
     )
 
 
@@ -247,6 +309,15 @@ def guard(generated: str, source: str, categories: list[str]) -> str:
         if needle not in haystack:
             return "guard_quote"
     return ""
+
+
+def writes_language(explainer: Any, language: str) -> bool:
+    """Whether the explainer writes the text's language (an undetermined one counts as yes:
+    the explanation is then in the explainer's first language)."""
+    if not language or language == "und":
+        return True
+    languages = getattr(explainer, "languages", None) or ("en",)
+    return language.lower().split("-")[0] in languages
 
 
 def generator_name(explainer: Any) -> str:

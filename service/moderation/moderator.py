@@ -23,6 +23,7 @@ from wacht.service.moderation.explain import (
     prompt_messages,
     reasons_for,
     split_rewrite,
+    writes_language,
 )
 from wacht.service.moderation.outcomes import (
     SEVERITY,
@@ -229,20 +230,32 @@ class Moderator:
 
     # -- moderation ------------------------------------------------------------------------
 
+    async def score(
+        self, texts: Sequence[str], *, truncation: Truncation = "window",
+        deadline: float | None = None,
+    ) -> tuple[list[Any], Any]:
+        """Raw per-task scores through this model's batcher (TextScores, BatchTimings)."""
+        return await self.batcher.score(
+            list(texts), truncation=truncation, deadline=deadline, max_windows=self.max_windows
+        )
+
     async def moderate(
-        self, texts: Sequence[str], options: ModerateOptions
+        self, texts: Sequence[str], options: ModerateOptions,
+        languages: Sequence[str] | None = None,
     ) -> tuple[list[TextOutcome], ModerationTimings, str]:
-        """Outcomes in input order, timings summed over every batcher call, the policy used."""
+        """Outcomes in input order, timings summed over every batcher call, the policy used.
+        `languages`: each text's language (explanations are written in it where possible)."""
         plan = self.resolve(options)
         timings = ModerationTimings()
         if not texts:
             return [], timings, plan.policy.name
-        scores, batch_timings = await self.batcher.score(
-            list(texts), truncation=options.truncation, deadline=options.deadline,
-            max_windows=self.max_windows,
+        scores, batch_timings = await self.score(
+            texts, truncation=options.truncation, deadline=options.deadline
         )
         timings.add(batch_timings)
         outcomes = [self._outcome(s, plan, options) for s in scores]
+        for outcome, language in zip(outcomes, languages or [""] * len(outcomes), strict=True):
+            outcome.language = language
         if options.evidence_spans or options.explanation != "none":
             found = await asyncio.gather(
                 *(self._spans(text, o, options, timings) for text, o in zip(texts, outcomes,
@@ -265,25 +278,27 @@ class Moderator:
         return outcomes, timings, plan.policy.name
 
     async def explain_stream(
-        self, text: str, options: ModerateOptions
+        self, text: str, options: ModerateOptions, language: str = ""
     ) -> AsyncIterator[TextOutcome | str | ExplanationOutcome]:
         """The TextOutcome, then generated text deltas, then the guarded ExplanationOutcome."""
         options = replace(options, explanation="generative", toxicity=True)
         plan = self.resolve(options)
         timings = ModerationTimings()
-        scores, batch_timings = await self.batcher.score(
-            [text], truncation=options.truncation, deadline=options.deadline,
-            max_windows=self.max_windows,
+        scores, batch_timings = await self.score(
+            [text], truncation=options.truncation, deadline=options.deadline
         )
         timings.add(batch_timings)
         outcome = self._outcome(scores[0], plan, options)
+        outcome.language = language
         spans = await self._spans(text, outcome, options, timings)
         if options.evidence_spans:
             outcome.spans = spans
         yield outcome
         reasons = reasons_for(outcome.categories, spans)
         if not outcome.flagged:
-            yield evidence_explanation(outcome.decision, reasons, outcome.categories)
+            yield evidence_explanation(
+                outcome.decision, reasons, outcome.categories, language=outcome.language
+            )
             return
         events = self._generate(text, outcome, reasons, plan, options, timings)
         async with contextlib.aclosing(events):
@@ -337,6 +352,7 @@ class Moderator:
                     for label, v in zip(task.labels, values, strict=True)
                 )
         return TextOutcome(
+            model=self.manifest.name,
             decision=decision,
             flagged=decision != "allow",
             categories=categories,
@@ -359,9 +375,8 @@ class Moderator:
         truncation: Truncation = "window" if options.truncation == "reject" else options.truncation
 
         async def rescore(variants: list[str]) -> list[dict[str, float]]:
-            scores, batch_timings = await self.batcher.score(
-                variants, truncation=truncation, deadline=options.deadline,
-                max_windows=self.max_windows,
+            scores, batch_timings = await self.score(
+                variants, truncation=truncation, deadline=options.deadline
             )
             timings.add(batch_timings, tokens=False)
             timings.span_variants += len(variants)
@@ -380,7 +395,9 @@ class Moderator:
     ) -> ExplanationOutcome:
         reasons = reasons_for(outcome.categories, spans)
         if options.explanation != "generative" or not outcome.flagged:
-            return evidence_explanation(outcome.decision, reasons, outcome.categories)
+            return evidence_explanation(
+                outcome.decision, reasons, outcome.categories, language=outcome.language
+            )
         final: ExplanationOutcome | None = None
         async for event in self._generate(text, outcome, reasons, plan, options, timings):
             if isinstance(event, ExplanationOutcome):
@@ -397,7 +414,8 @@ class Moderator:
             except Exception:
                 log.exception("fallback_counter_failed", reason=reason)
         return evidence_explanation(
-            outcome.decision, reasons, outcome.categories, fallback_reason=reason
+            outcome.decision, reasons, outcome.categories, fallback_reason=reason,
+            language=outcome.language,
         )
 
     async def _generate(
@@ -406,6 +424,9 @@ class Moderator:
     ) -> AsyncIterator[str | ExplanationOutcome]:
         if self.explainer is None:
             yield self._fallback("no_generator", outcome, reasons)
+            return
+        if not writes_language(self.explainer, outcome.language):
+            yield self._fallback("language", outcome, reasons)
             return
         max_new = self.generation.max_new_tokens + (
             self.generation.rewrite_tokens if options.suggest_rewrite else 0
@@ -457,6 +478,7 @@ class Moderator:
             reasons=reasons,
             suggested_rewrite=rewrite if options.suggest_rewrite else "",
             generator=generator_name(self.explainer),
+            language=outcome.language if outcome.language not in ("", "und") else "en",
         )
 
     async def _clean_rewrite(
@@ -464,9 +486,8 @@ class Moderator:
     ) -> str:
         """The rewrite if it passes the same policy; '' if it would itself be flagged."""
         try:
-            scores, batch_timings = await self.batcher.score(
-                [rewrite], truncation="window", deadline=options.deadline,
-                max_windows=self.max_windows,
+            scores, batch_timings = await self.score(
+                [rewrite], truncation="window", deadline=options.deadline
             )
         except Exception as exc:
             log.warning("rewrite_check_failed", error=type(exc).__name__)

@@ -51,6 +51,7 @@ class ExplanationOutcome:
     #                             overloaded | error
     suggested_rewrite: str = ""
     generator: str = ""
+    language: str = "en"  # the language `text` is written in
 
 
 @dataclass
@@ -65,6 +66,9 @@ class TextOutcome:
     raw_scores: list[tuple[str, str, float]]  # (label, category or "", score)
     tokens: int
     windows: int
+    model: str = ""  # the model that scored the text
+    language: str = ""  # detected or given language ("und": none detected)
+    language_confidence: float = 0.0
 
 
 @dataclass
@@ -85,3 +89,9 @@ class ModerationTimings:
         self.inference_ns += int(getattr(timings, "inference_ns", 0))
         if tokens:
             self.tokens += int(getattr(timings, "tokens", 0))
+
+    def merge(self, other: ModerationTimings) -> None:
+        """Add another request part's timings (a part scored by another model)."""
+        self.add(other)
+        self.explain_ns += other.explain_ns
+        self.span_variants += other.span_variants

@@ -47,6 +47,8 @@ class GeneratorManifest:
     eos_token_ids: tuple[int, ...]
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Languages it explains in; other texts get the evidence sentence (reason "language").
+    languages: tuple[str, ...] = ("en",)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def load_generator_manifest(path: Path) -> GeneratorManifest:
             eos_token_ids=tuple(int(i) for i in data["eos_token_ids"]),
             precision=str(data.get("precision", "fp32")),
             provenance=dict(data.get("provenance") or {}),
+            languages=tuple(str(x).lower() for x in data.get("languages") or ["en"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelDirError(f"{file}: missing or invalid key: {exc}") from exc

@@ -46,6 +46,9 @@ class Manifest:
     tasks: tuple[TaskSpec, ...]
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Languages the model was trained or validated on (ISO 639-1); language routing sends a
+    # text to a model that lists its language. Empty: unknown (served only when named).
+    languages: tuple[str, ...] = ()
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
@@ -171,7 +174,11 @@ def parse_manifest(data: Any, where: str = "manifest.yaml") -> Manifest:
     stride = int(data.get("window_stride", max(1, max_length * 3 // 4)))
     if not 0 < stride <= max_length:
         raise ModelDirError(f"{where}: window_stride {stride} must be in 1..max_length")
+    languages = data.get("languages") or []
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise ModelDirError(f"{where}: languages must be a list of language codes")
     return Manifest(
+        languages=tuple(x.lower() for x in languages),
         name=str(_require(data, "name", where)),
         version=str(_require(data, "version", where)),
         max_length=max_length,

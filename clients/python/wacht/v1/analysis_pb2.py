@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from wacht.v1 import common_pb2 as wacht_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wacht/v1/analysis.proto\x12\x08wacht.v1\x1a\x15wacht/v1/common.proto\"|\n\x0e\x41nalyzeRequest\x12\"\n\x05texts\x18\x01 \x03(\x0b\x32\x13.wacht.v1.TextInput\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12(\n\ntruncation\x18\x04 \x01(\x0e\x32\x14.wacht.v1.Truncation\"g\n\nTaskResult\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x12\n\nactivation\x18\x02 \x01(\t\x12$\n\x06scores\x18\x03 \x03(\x0b\x32\x14.wacht.v1.LabelScore\x12\x11\n\tpredicted\x18\x04 \x03(\t\"b\n\x0e\x41nalysisResult\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05tasks\x18\x02 \x03(\x0b\x32\x14.wacht.v1.TaskResult\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x0f\n\x07windows\x18\x04 \x01(\r\"\x97\x01\n\x0f\x41nalyzeResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.wacht.v1.AnalysisResult\x12\"\n\x07timings\x18\x02 \x01(\x0b\x32\x11.wacht.v1.Timings\x12!\n\x05model\x18\x03 \x01(\x0b\x32\x12.wacht.v1.ModelRef\x12\x12\n\nrequest_id\x18\x04 \x01(\t2J\n\x08\x41nalysis\x12>\n\x07\x41nalyze\x12\x18.wacht.v1.AnalyzeRequest\x1a\x19.wacht.v1.AnalyzeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wacht/v1/analysis.proto\x12\x08wacht.v1\x1a\x15wacht/v1/common.proto\"\x8e\x01\n\x0e\x41nalyzeRequest\x12\"\n\x05texts\x18\x01 \x03(\x0b\x32\x13.wacht.v1.TextInput\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12(\n\ntruncation\x18\x04 \x01(\x0e\x32\x14.wacht.v1.Truncation\x12\x10\n\x08language\x18\x05 \x01(\t\"g\n\nTaskResult\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x12\n\nactivation\x18\x02 \x01(\t\x12$\n\x06scores\x18\x03 \x03(\x0b\x32\x14.wacht.v1.LabelScore\x12\x11\n\tpredicted\x18\x04 \x03(\t\"\xb4\x01\n\x0e\x41nalysisResult\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x05tasks\x18\x02 \x03(\x0b\x32\x14.wacht.v1.TaskResult\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x0f\n\x07windows\x18\x04 \x01(\r\x12!\n\x05model\x18\x05 \x01(\x0b\x32\x12.wacht.v1.ModelRef\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x1b\n\x13language_confidence\x18\x07 \x01(\x02\"\x97\x01\n\x0f\x41nalyzeResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.wacht.v1.AnalysisResult\x12\"\n\x07timings\x18\x02 \x01(\x0b\x32\x11.wacht.v1.Timings\x12!\n\x05model\x18\x03 \x01(\x0b\x32\x12.wacht.v1.ModelRef\x12\x12\n\nrequest_id\x18\x04 \x01(\t2J\n\x08\x41nalysis\x12>\n\x07\x41nalyze\x12\x18.wacht.v1.AnalyzeRequest\x1a\x19.wacht.v1.AnalyzeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wacht.v1.analysis_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANALYZEREQUEST']._serialized_start=60
-  _globals['_ANALYZEREQUEST']._serialized_end=184
-  _globals['_TASKRESULT']._serialized_start=186
-  _globals['_TASKRESULT']._serialized_end=289
-  _globals['_ANALYSISRESULT']._serialized_start=291
-  _globals['_ANALYSISRESULT']._serialized_end=389
-  _globals['_ANALYZERESPONSE']._serialized_start=392
-  _globals['_ANALYZERESPONSE']._serialized_end=543
-  _globals['_ANALYSIS']._serialized_start=545
-  _globals['_ANALYSIS']._serialized_end=619
+  _globals['_ANALYZEREQUEST']._serialized_start=61
+  _globals['_ANALYZEREQUEST']._serialized_end=203
+  _globals['_TASKRESULT']._serialized_start=205
+  _globals['_TASKRESULT']._serialized_end=308
+  _globals['_ANALYSISRESULT']._serialized_start=311
+  _globals['_ANALYSISRESULT']._serialized_end=491
+  _globals['_ANALYZERESPONSE']._serialized_start=494
+  _globals['_ANALYZERESPONSE']._serialized_end=645
+  _globals['_ANALYSIS']._serialized_start=647
+  _globals['_ANALYSIS']._serialized_end=721
 # @@protoc_insertion_point(module_scope)

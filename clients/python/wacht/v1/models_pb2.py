@@ -24,33 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wacht/v1/models.proto\x12\x08wacht.v1\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.wacht.v1.ModelInfo\"#\n\x13GetModelInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\tLabelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x03 \x01(\x02\"a\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x12\n\nactivation\x18\x03 \x01(\t\x12#\n\x06labels\x18\x04 \x03(\x0b\x32\x13.wacht.v1.LabelInfo\"\xbc\x01\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x02 \x01(\r\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x1c\n\x14max_windows_per_text\x18\x04 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x17\n\x0fmax_queue_texts\x18\x07 \x01(\r\"Y\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07license\x18\x03 \x01(\t\x12\r\n\x05split\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\r\"\xa0\x01\n\nProvenance\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1a\n\x12\x62\x61se_model_license\x18\x02 \x01(\t\x12\x0f\n\x07license\x18\x03 \x01(\t\x12\'\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x15.wacht.v1.DatasetInfo\x12\x17\n\x0frebuild_command\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\"@\n\x0c\x46ileChecksum\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"\xc4\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12!\n\x05tasks\x18\x04 \x03(\x0b\x32\x12.wacht.v1.TaskInfo\x12\x12\n\ncategories\x18\x05 \x03(\t\x12 \n\x06limits\x18\x06 \x01(\x0b\x32\x10.wacht.v1.Limits\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x11\n\tproviders\x18\x08 \x03(\t\x12(\n\nprovenance\x18\t \x01(\x0b\x32\x14.wacht.v1.Provenance\x12\x0c\n\x04\x63\x61rd\x18\n \x01(\t\x12\x14\n\x0cmetrics_json\x18\x0b \x01(\t\x12%\n\x05\x66iles\x18\x0c \x03(\x0b\x32\x16.wacht.v1.FileChecksum\x12\x11\n\tprecision\x18\r \x01(\t2\x95\x01\n\x06Models\x12G\n\nListModels\x12\x1b.wacht.v1.ListModelsRequest\x1a\x1c.wacht.v1.ListModelsResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.wacht.v1.GetModelInfoRequest\x1a\x13.wacht.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wacht/v1/models.proto\x12\x08wacht.v1\"\x13\n\x11ListModelsRequest\"]\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.wacht.v1.ModelInfo\x12\"\n\x07routing\x18\x02 \x01(\x0b\x32\x11.wacht.v1.Routing\"\xac\x01\n\x07Routing\x12\x33\n\tlanguages\x18\x01 \x03(\x0b\x32 .wacht.v1.Routing.LanguagesEntry\x12\x10\n\x08\x66\x61llback\x18\x02 \x01(\t\x12\x16\n\x0emin_confidence\x18\x03 \x01(\x02\x12\x10\n\x08\x64\x65tector\x18\x04 \x01(\t\x1a\x30\n\x0eLanguagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x13GetModelInfoRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\tLabelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x19\n\x11\x64\x65\x66\x61ult_threshold\x18\x03 \x01(\x02\"a\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x12\n\nactivation\x18\x03 \x01(\t\x12#\n\x06labels\x18\x04 \x03(\x0b\x32\x13.wacht.v1.LabelInfo\"\xbc\x01\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x02 \x01(\r\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x1c\n\x14max_windows_per_text\x18\x04 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x17\n\x0fmax_queue_texts\x18\x07 \x01(\r\"Y\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07license\x18\x03 \x01(\t\x12\r\n\x05split\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\r\"\xa0\x01\n\nProvenance\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1a\n\x12\x62\x61se_model_license\x18\x02 \x01(\t\x12\x0f\n\x07license\x18\x03 \x01(\t\x12\'\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x15.wacht.v1.DatasetInfo\x12\x17\n\x0frebuild_command\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\"@\n\x0c\x46ileChecksum\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"\xd7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12!\n\x05tasks\x18\x04 \x03(\x0b\x32\x12.wacht.v1.TaskInfo\x12\x12\n\ncategories\x18\x05 \x03(\t\x12 \n\x06limits\x18\x06 \x01(\x0b\x32\x10.wacht.v1.Limits\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x11\n\tproviders\x18\x08 \x03(\t\x12(\n\nprovenance\x18\t \x01(\x0b\x32\x14.wacht.v1.Provenance\x12\x0c\n\x04\x63\x61rd\x18\n \x01(\t\x12\x14\n\x0cmetrics_json\x18\x0b \x01(\t\x12%\n\x05\x66iles\x18\x0c \x03(\x0b\x32\x16.wacht.v1.FileChecksum\x12\x11\n\tprecision\x18\r \x01(\t\x12\x11\n\tlanguages\x18\x0e \x03(\t2\x95\x01\n\x06Models\x12G\n\nListModels\x12\x1b.wacht.v1.ListModelsRequest\x1a\x1c.wacht.v1.ListModelsResponse\x12\x42\n\x0cGetModelInfo\x12\x1d.wacht.v1.GetModelInfoRequest\x1a\x13.wacht.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wacht.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ROUTING_LANGUAGESENTRY']._loaded_options = None
+  _globals['_ROUTING_LANGUAGESENTRY']._serialized_options = b'8\001'
   _globals['_LISTMODELSREQUEST']._serialized_start=35
   _globals['_LISTMODELSREQUEST']._serialized_end=54
   _globals['_LISTMODELSRESPONSE']._serialized_start=56
-  _globals['_LISTMODELSRESPONSE']._serialized_end=113
-  _globals['_GETMODELINFOREQUEST']._serialized_start=115
-  _globals['_GETMODELINFOREQUEST']._serialized_end=150
-  _globals['_LABELINFO']._serialized_start=152
-  _globals['_LABELINFO']._serialized_end=222
-  _globals['_TASKINFO']._serialized_start=224
-  _globals['_TASKINFO']._serialized_end=321
-  _globals['_LIMITS']._serialized_start=324
-  _globals['_LIMITS']._serialized_end=512
-  _globals['_DATASETINFO']._serialized_start=514
-  _globals['_DATASETINFO']._serialized_end=603
-  _globals['_PROVENANCE']._serialized_start=606
-  _globals['_PROVENANCE']._serialized_end=766
-  _globals['_FILECHECKSUM']._serialized_start=768
-  _globals['_FILECHECKSUM']._serialized_end=832
-  _globals['_MODELINFO']._serialized_start=835
-  _globals['_MODELINFO']._serialized_end=1159
-  _globals['_MODELS']._serialized_start=1162
-  _globals['_MODELS']._serialized_end=1311
+  _globals['_LISTMODELSRESPONSE']._serialized_end=149
+  _globals['_ROUTING']._serialized_start=152
+  _globals['_ROUTING']._serialized_end=324
+  _globals['_ROUTING_LANGUAGESENTRY']._serialized_start=276
+  _globals['_ROUTING_LANGUAGESENTRY']._serialized_end=324
+  _globals['_GETMODELINFOREQUEST']._serialized_start=326
+  _globals['_GETMODELINFOREQUEST']._serialized_end=361
+  _globals['_LABELINFO']._serialized_start=363
+  _globals['_LABELINFO']._serialized_end=433
+  _globals['_TASKINFO']._serialized_start=435
+  _globals['_TASKINFO']._serialized_end=532
+  _globals['_LIMITS']._serialized_start=535
+  _globals['_LIMITS']._serialized_end=723
+  _globals['_DATASETINFO']._serialized_start=725
+  _globals['_DATASETINFO']._serialized_end=814
+  _globals['_PROVENANCE']._serialized_start=817
+  _globals['_PROVENANCE']._serialized_end=977
+  _globals['_FILECHECKSUM']._serialized_start=979
+  _globals['_FILECHECKSUM']._serialized_end=1043
+  _globals['_MODELINFO']._serialized_start=1046
+  _globals['_MODELINFO']._serialized_end=1389
+  _globals['_MODELS']._serialized_start=1392
+  _globals['_MODELS']._serialized_end=1541
 # @@protoc_insertion_point(module_scope)

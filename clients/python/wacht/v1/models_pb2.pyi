@@ -11,10 +11,31 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "routing")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    routing: Routing
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., routing: _Optional[_Union[Routing, _Mapping]] = ...) -> None: ...
+
+class Routing(_message.Message):
+    __slots__ = ("languages", "fallback", "min_confidence", "detector")
+    class LanguagesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    languages: _containers.ScalarMap[str, str]
+    fallback: str
+    min_confidence: float
+    detector: str
+    def __init__(self, languages: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[str] = ..., min_confidence: _Optional[float] = ..., detector: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("name",)
@@ -103,7 +124,7 @@ class FileChecksum(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "is_default", "tasks", "categories", "limits", "provider", "providers", "provenance", "card", "metrics_json", "files", "precision")
+    __slots__ = ("name", "version", "is_default", "tasks", "categories", "limits", "provider", "providers", "provenance", "card", "metrics_json", "files", "precision", "languages")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +138,7 @@ class ModelInfo(_message.Message):
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     is_default: bool
@@ -130,4 +152,5 @@ class ModelInfo(_message.Message):
     metrics_json: str
     files: _containers.RepeatedCompositeFieldContainer[FileChecksum]
     precision: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., categories: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., card: _Optional[str] = ..., metrics_json: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileChecksum, _Mapping]]] = ..., precision: _Optional[str] = ...) -> None: ...
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., is_default: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., categories: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., card: _Optional[str] = ..., metrics_json: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileChecksum, _Mapping]]] = ..., precision: _Optional[str] = ..., languages: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -51,7 +51,7 @@ class ThresholdOverride(_message.Message):
     def __init__(self, review: _Optional[float] = ..., block: _Optional[float] = ..., enabled: _Optional[bool] = ...) -> None: ...
 
 class ModerateRequest(_message.Message):
-    __slots__ = ("texts", "model", "analyses", "categories", "policy", "threshold_overrides", "explanation", "evidence_spans", "suggest_rewrite", "raw_scores", "truncation")
+    __slots__ = ("texts", "model", "analyses", "categories", "policy", "threshold_overrides", "explanation", "evidence_spans", "suggest_rewrite", "raw_scores", "truncation", "language")
     class ThresholdOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class ModerateRequest(_message.Message):
     SUGGEST_REWRITE_FIELD_NUMBER: _ClassVar[int]
     RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedCompositeFieldContainer[_common_pb2.TextInput]
     model: str
     analyses: _containers.RepeatedScalarFieldContainer[AnalysisKind]
@@ -81,7 +82,8 @@ class ModerateRequest(_message.Message):
     suggest_rewrite: bool
     raw_scores: bool
     truncation: _common_pb2.Truncation
-    def __init__(self, texts: _Optional[_Iterable[_Union[_common_pb2.TextInput, _Mapping]]] = ..., model: _Optional[str] = ..., analyses: _Optional[_Iterable[_Union[AnalysisKind, str]]] = ..., categories: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., threshold_overrides: _Optional[_Mapping[str, ThresholdOverride]] = ..., explanation: _Optional[_Union[ExplanationLevel, str]] = ..., evidence_spans: _Optional[bool] = ..., suggest_rewrite: _Optional[bool] = ..., raw_scores: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.Truncation, str]] = ...) -> None: ...
+    language: str
+    def __init__(self, texts: _Optional[_Iterable[_Union[_common_pb2.TextInput, _Mapping]]] = ..., model: _Optional[str] = ..., analyses: _Optional[_Iterable[_Union[AnalysisKind, str]]] = ..., categories: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., threshold_overrides: _Optional[_Mapping[str, ThresholdOverride]] = ..., explanation: _Optional[_Union[ExplanationLevel, str]] = ..., evidence_spans: _Optional[bool] = ..., suggest_rewrite: _Optional[bool] = ..., raw_scores: _Optional[bool] = ..., truncation: _Optional[_Union[_common_pb2.Truncation, str]] = ..., language: _Optional[str] = ...) -> None: ...
 
 class CategoryScore(_message.Message):
     __slots__ = ("category", "score", "review_threshold", "block_threshold", "action", "flagged")
@@ -140,7 +142,7 @@ class Reason(_message.Message):
     def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., action: _Optional[_Union[Decision, str]] = ..., spans: _Optional[_Iterable[_Union[EvidenceSpan, _Mapping]]] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("level", "text", "reasons", "fallback", "fallback_reason", "suggested_rewrite", "generator")
+    __slots__ = ("level", "text", "reasons", "fallback", "fallback_reason", "suggested_rewrite", "generator", "language")
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class Explanation(_message.Message):
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     SUGGESTED_REWRITE_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     level: ExplanationLevel
     text: str
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
@@ -155,10 +158,11 @@ class Explanation(_message.Message):
     fallback_reason: str
     suggested_rewrite: str
     generator: str
-    def __init__(self, level: _Optional[_Union[ExplanationLevel, str]] = ..., text: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., suggested_rewrite: _Optional[str] = ..., generator: _Optional[str] = ...) -> None: ...
+    language: str
+    def __init__(self, level: _Optional[_Union[ExplanationLevel, str]] = ..., text: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., suggested_rewrite: _Optional[str] = ..., generator: _Optional[str] = ..., language: _Optional[str] = ...) -> None: ...
 
 class ModerationResult(_message.Message):
-    __slots__ = ("id", "decision", "flagged", "categories", "sentiment", "spans", "explanation", "raw_scores", "model", "tokens", "windows")
+    __slots__ = ("id", "decision", "flagged", "categories", "sentiment", "spans", "explanation", "raw_scores", "model", "tokens", "windows", "language", "language_confidence")
     ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +174,8 @@ class ModerationResult(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     decision: Decision
     flagged: bool
@@ -181,7 +187,9 @@ class ModerationResult(_message.Message):
     model: _common_pb2.ModelRef
     tokens: int
     windows: int
-    def __init__(self, id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., flagged: _Optional[bool] = ..., categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[EvidenceSpan, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., raw_scores: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., tokens: _Optional[int] = ..., windows: _Optional[int] = ...) -> None: ...
+    language: str
+    language_confidence: float
+    def __init__(self, id: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., flagged: _Optional[bool] = ..., categories: _Optional[_Iterable[_Union[CategoryScore, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., spans: _Optional[_Iterable[_Union[EvidenceSpan, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., raw_scores: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., tokens: _Optional[int] = ..., windows: _Optional[int] = ..., language: _Optional[str] = ..., language_confidence: _Optional[float] = ...) -> None: ...
 
 class ModerateResponse(_message.Message):
     __slots__ = ("results", "timings", "model", "policy", "request_id")
@@ -218,7 +226,7 @@ class ModerateStreamResponse(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., sequence: _Optional[int] = ..., response: _Optional[_Union[ModerateResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("text", "model", "policy", "threshold_overrides", "suggest_rewrite")
+    __slots__ = ("text", "model", "policy", "threshold_overrides", "suggest_rewrite", "language")
     class ThresholdOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,12 +239,14 @@ class ExplainRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     SUGGEST_REWRITE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     text: _common_pb2.TextInput
     model: str
     policy: str
     threshold_overrides: _containers.MessageMap[str, ThresholdOverride]
     suggest_rewrite: bool
-    def __init__(self, text: _Optional[_Union[_common_pb2.TextInput, _Mapping]] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., threshold_overrides: _Optional[_Mapping[str, ThresholdOverride]] = ..., suggest_rewrite: _Optional[bool] = ...) -> None: ...
+    language: str
+    def __init__(self, text: _Optional[_Union[_common_pb2.TextInput, _Mapping]] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., threshold_overrides: _Optional[_Mapping[str, ThresholdOverride]] = ..., suggest_rewrite: _Optional[bool] = ..., language: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("moderation", "text_delta", "final")
