@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TPY := $(TRAIN_VENV)/bin/python
 MODEL ?= models/minilm-moderation
 
-.PHONY: run test test-serve test-train lint protos model explainer bench clean
+.PHONY: run test test-serve test-train lint protos model model-multilingual explainer bench clean
 
 # Serving environment: onnxruntime (CPU), no torch, no transformers.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -47,6 +47,10 @@ protos: $(VENV)/.installed
 # Rebuild the committed default model from ../shared/data (about an hour on 2 CPU cores).
 model: $(TRAIN_VENV)/.installed
 	$(TPY) -m wacht.models.build --out $(MODEL)
+
+# Rebuild the committed multilingual model (USE Multilingual v3 + GermEval; ~40 min on 2 cores).
+model-multilingual: $(TRAIN_VENV)/.installed
+	$(TPY) -m wacht.models.multilingual --out models/use-multilingual-moderation
 
 explainer: $(TRAIN_VENV)/.installed
 	$(TPY) -m wacht.models.explainer

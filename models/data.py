@@ -212,6 +212,48 @@ def training_sources(data: Path) -> dict[str, list[Example]]:
     return {name: _nonempty(rows) for name, rows in sources.items()}
 
 
+# GermEval 2018 fine labels onto the toxicity head (offensive, hate, insult, profanity).
+# OFFENSE is the coarse label = offensive. ABUSE (degrading a person or group, typically for
+# group membership) is the closest GermEval has to hate; it says nothing about insult or
+# profanity, which stay masked. INSULT and PROFANITY rows are not ABUSE (the fine labels are
+# exclusive), so hate is 0 there; an INSULT row says nothing about profanity.
+GERMEVAL_FINE: dict[str, Tox] = {
+    "OTHER": (0.0, 0.0, 0.0, 0.0),
+    "ABUSE": (1.0, 1.0, None, None),
+    "INSULT": (1.0, 0.0, 1.0, None),
+    "PROFANITY": (1.0, 0.0, 0.0, 1.0),
+}
+# Our partition of germeval2018.training.txt by text hash (the official test file is held back):
+# dev (report) < 15 <= val (thresholds) < 25 <= train.
+GERMEVAL_SPLITS = {"dev": (0, 15), "val": (15, 25), "train": (25, 100)}
+
+
+def germeval_rows(data: Path) -> list[tuple[str, str, str]]:
+    """(text, coarse, fine) from the GermEval 2018 training file; |LBR| -> newline."""
+    rows = _read_tsv(data / "germeval2018" / "germeval2018.training.txt")
+    return [(r[0].replace("|LBR|", "\n").strip(), r[1], r[2]) for r in rows if len(r) >= 3]
+
+
+def germeval_split(data: Path, split: str) -> list[tuple[str, str, str]]:
+    lo, hi = GERMEVAL_SPLITS[split]
+    return [r for r in germeval_rows(data) if lo <= split_bucket(r[0]) < hi]
+
+
+def germeval_sources(data: Path) -> dict[str, list[Example]]:
+    rows = germeval_split(data, "train")
+    return {"germeval": _nonempty(Example(t, "germeval", toxicity=GERMEVAL_FINE[fine])
+                                  for t, _, fine in rows)}
+
+
+def germeval_set(data: Path, split: str) -> EvalSet:
+    rows = germeval_split(data, split)
+    return _tox_set(f"germeval_{split}", [(t, GERMEVAL_FINE[fine]) for t, _, fine in rows],
+                    TOXICITY_LABELS,
+                    f"GermEval 2018 (German tweets), our {split} split of the training file "
+                    f"({len(rows)}): OFFENSE -> offensive, ABUSE -> hate, INSULT -> insult, "
+                    "PROFANITY -> profanity")
+
+
 def _read_tsv_dicts(path: Path) -> list[dict[str, str]]:
     rows = _read_tsv(path)
     header = rows[0]

@@ -89,10 +89,11 @@ def decisions(s: EvalSet, scores: np.ndarray, labels: list[str],
     return np.stack([scores[:, c] >= thresholds[labels[c]] for c in cols], 1).astype(int)
 
 
-def evaluate(model_dir: str | Path, data: str | Path, threads: int = 2
-             ) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metrics, decisions per set) for every evaluation set present under `data`."""
-    sets = evaluation_sets(Path(data))
+def evaluate(model_dir: str | Path, data: str | Path, threads: int = 2,
+             extra_sets: list[EvalSet] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metrics, decisions per set) for every evaluation set present under `data`
+    (plus `extra_sets`, e.g. the German sets a multilingual recipe reports)."""
+    sets = evaluation_sets(Path(data)) + list(extra_sets or [])
     scores, info = score_sets(Path(model_dir), sets, threads)
     manifest = info["manifest"]
     tox = manifest.task(TOXICITY_TASK) if TOXICITY_TASK in {t.name for t in manifest.tasks} \

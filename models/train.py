@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from wacht.models import TOXICITY_LABELS
 from wacht.models.data import (
     DEFAULT_DATA_DIR,
+    EvalSet,
     Example,
     epoch_sample,
     training_sources,
@@ -145,7 +146,7 @@ def multitask_loss(sent: torch.Tensor, tox: torch.Tensor, b: dict[str, torch.Ten
 
 
 @torch.no_grad()
-def predict_scores(model: MultiTaskModel, tok, texts: list[str], device: str,  # noqa: ANN001
+def predict_scores(model: torch.nn.Module, tok, texts: list[str], device: str,  # noqa: ANN001
                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(softmax sentiment, sigmoid toxicity) per text, in input order."""
     model.eval()
@@ -168,16 +169,19 @@ def predict_scores(model: MultiTaskModel, tok, texts: list[str], device: str,  #
 THRESHOLD_SETS = {"offensive": ("tweeteval_offensive_val",)}
 
 
-def choose_thresholds(model: MultiTaskModel, tok, data: Path, device: str  # noqa: ANN001
+def choose_thresholds(model: torch.nn.Module, tok, data: Path, device: str,  # noqa: ANN001
+                      sets: list[EvalSet] | None = None,
+                      chosen_on: dict[str, tuple[str, ...]] = THRESHOLD_SETS,
                       ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Per toxicity label: the threshold maximising macro-F1 averaged over its val sets."""
-    sets = validation_sets(data)
+    """Per toxicity label: the threshold maximising macro-F1 averaged over its val sets
+    (`chosen_on` narrows a label to some of them)."""
+    sets = validation_sets(data) if sets is None else sets
     scores = {s.name: predict_scores(model, tok, s.texts, device)[1] for s in sets}
     thresholds: dict[str, float] = {}
     report: dict[str, dict[str, float]] = {}
     for j, label in enumerate(TOXICITY_LABELS):
         chosen = [s for s in sets if isinstance(s.gold, dict) and label in s.gold
-                  and s.name in THRESHOLD_SETS.get(label, (s.name,))]
+                  and s.name in chosen_on.get(label, (s.name,))]
         pairs = [(np.array(s.gold[label]), scores[s.name][:, j]) for s in chosen]
         t, score = best_threshold(pairs)
         thresholds[label] = t
@@ -192,18 +196,25 @@ def choose_thresholds(model: MultiTaskModel, tok, data: Path, device: str  # noq
     return thresholds, report
 
 
-def train(cfg: TrainConfig) -> Path:
-    seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(cfg.data)
-    tok = load_tokenizer(cfg.max_tokens)
-    sources = training_sources(data)
+@dataclass
+class FitResult:
+    steps: int
+    planned_steps: int
+    minutes: float
+    stopped_by_time: bool
+    examples_per_epoch: int
+
+
+def fit(model: torch.nn.Module, tok, sources: dict[str, list[Example]],  # noqa: ANN001
+        cfg: TrainConfig) -> FitResult:
+    """The training loop every recipe shares: capped epochs of length-bucketed batches, the
+    masked multi-task loss, AdamW (heads at `head_lr`), warmup then linear decay to 0 by the
+    end of the planned steps or of the time budget, periodic checkpoints. Parameters with
+    requires_grad False stay frozen. `model(ids, mask, token_type_ids)` -> (sentiment,
+    toxicity) logits."""
     rng = random.Random(cfg.seed)
     encoded = {name: encode(tok, rows) for name, rows in sources.items()}
     by_example = {id(e.example): e for rows in encoded.values() for e in rows}
-
     per_epoch = sum(min(len(rows), cfg.caps.get(name, len(rows))) for name, rows in
                     sources.items())
     steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
@@ -212,16 +223,7 @@ def train(cfg: TrainConfig) -> Path:
         total_steps = min(total_steps, cfg.max_steps)
     log.info("examples/epoch=%d steps/epoch=%d total_steps=%d", per_epoch, steps_per_epoch,
              total_steps)
-
-    model = from_base(seed=cfg.seed)
-    if cfg.init:
-        from wacht.models.multitask import load_checkpoint
-
-        model.load_state_dict(load_checkpoint(Path(cfg.init))[0].state_dict())
     model = model.to(cfg.device)
-    if cfg.freeze_word_embeddings:
-        # The dense gradient + AdamW update of the 30522x384 table costs ~3/4 of a CPU step.
-        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head_params = [p for n, p in trainable if n.startswith("heads.")]
     decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim >= 2]
@@ -244,6 +246,7 @@ def train(cfg: TrainConfig) -> Path:
         start = warmup / total_steps
         return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - start))
 
+    out = Path(cfg.out)
     started = time.monotonic()
     last_save = started
     step = 0
@@ -278,12 +281,33 @@ def train(cfg: TrainConfig) -> Path:
                 elapsed = time.monotonic() - started
                 log.info("epoch %d step %d/%d loss %.4f lr x%.3f %.2f steps/s %.1f min", epoch,
                          step, total_steps, running, factor, step / elapsed, elapsed / 60)
-            if time.monotonic() - last_save > cfg.save_minutes * 60:
+            if time.monotonic() - last_save > cfg.save_minutes * 60 and \
+                    isinstance(model, MultiTaskModel):
                 save_checkpoint(model, out / "checkpoint", {"step": step, "partial": True})
                 last_save = time.monotonic()
         epoch += 1
-    train_minutes = (time.monotonic() - started) / 60
     model.eval()
+    return FitResult(step, total_steps, round((time.monotonic() - started) / 60, 1),
+                     stopped_by_time, per_epoch)
+
+
+def train(cfg: TrainConfig) -> Path:
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(cfg.data)
+    tok = load_tokenizer(cfg.max_tokens)
+    sources = training_sources(data)
+    model = from_base(seed=cfg.seed)
+    if cfg.init:
+        from wacht.models.multitask import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(Path(cfg.init))[0].state_dict())
+    if cfg.freeze_word_embeddings:
+        # The dense gradient + AdamW update of the 30522x384 table costs ~3/4 of a CPU step.
+        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    result = fit(model, tok, sources, cfg)
     thresholds, threshold_report = choose_thresholds(model, tok, data, cfg.device)
     for head in model.head_specs:
         if head.activation == "sigmoid":
@@ -291,12 +315,12 @@ def train(cfg: TrainConfig) -> Path:
     model.to("cpu")
     meta = {
         "train_config": asdict(cfg),
-        "steps": step,
-        "planned_steps": total_steps,
-        "stopped_early": stopped_by_time,
-        "train_minutes": round(train_minutes, 1),
+        "steps": result.steps,
+        "planned_steps": result.planned_steps,
+        "stopped_early": result.stopped_by_time,
+        "train_minutes": result.minutes,
         "train_sizes": {name: len(rows) for name, rows in sources.items()},
-        "examples_per_epoch": per_epoch,
+        "examples_per_epoch": result.examples_per_epoch,
         "thresholds": threshold_report,
         "torch": torch.__version__,
     }

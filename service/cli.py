@@ -65,6 +65,7 @@ def _moderate(args: argparse.Namespace) -> int:
             client.moderate(
                 _texts(args),
                 model=args.model,
+                language=args.language,
                 policy=args.policy,
                 explanation=args.explain,
                 evidence_spans=args.spans,
@@ -79,7 +80,9 @@ def _analyze(args: argparse.Namespace) -> int:
     from wacht.client import WachtClient
 
     with WachtClient(args.address, timeout=args.timeout) as client:
-        _print(client.analyze(_texts(args), model=args.model, tasks=args.task or ()))
+        _print(client.analyze(
+            _texts(args), model=args.model, tasks=args.task or (), language=args.language
+        ))
     return 0
 
 
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     moderate.add_argument("texts", nargs="*", help="texts; none or '-' reads lines from stdin")
     moderate.add_argument("--explain", choices=("none", "evidence", "generative"), default="none")
     moderate.add_argument("--policy", default="")
-    moderate.add_argument("--model", default="")
+    moderate.add_argument("--model", default="", help="pin a model (default: route by language)")
+    moderate.add_argument("--language", default="", help="language of every text (default: detect)")
     moderate.add_argument("--spans", action="store_true", help="compute evidence spans")
     moderate.add_argument("--raw", action="store_true", help="include raw label scores")
     moderate.add_argument("--category", action="append", help="report only this category")
@@ -142,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="raw model scores per task (prints JSON)")
     client_args(analyze)
     analyze.add_argument("texts", nargs="*")
-    analyze.add_argument("--model", default="")
+    analyze.add_argument("--model", default="", help="pin a model (default: route by language)")
+    analyze.add_argument("--language", default="", help="language of every text (default: detect)")
     analyze.add_argument("--task", action="append", help="only this task")
 
     health = sub.add_parser("health", help="health status; exit 0 when SERVING")

@@ -25,6 +25,9 @@ from wacht.service.batching.batcher import BatchingConfig
 ENV_PREFIX = "WACHT_"
 CONFIG_ENV = "WACHT_CONFIG"
 DEFAULT_MODEL = "models/minilm-moderation"
+# Served beside the default: German and the other languages USE Multilingual v3 covers are
+# routed to it (its manifest lists them; English stays with the default, listed first).
+MULTILINGUAL_MODEL = "models/use-multilingual-moderation"
 DEFAULT_POLICIES = "policies"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,7 +79,9 @@ class Config:
     address: str = "127.0.0.1:50051"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics endpoint off
-    models: list[Path] = field(default_factory=lambda: [Path(DEFAULT_MODEL)])
+    models: list[Path] = field(
+        default_factory=lambda: [Path(DEFAULT_MODEL), Path(MULTILINGUAL_MODEL)]
+    )
     default_model: str = ""  # model name; empty = the first of `models`
     device: str = "cpu"
     intra_op_threads: int = 0  # per forward; 0 = cores / inference threads (see threads())

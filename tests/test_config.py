@@ -20,7 +20,10 @@ def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert config.limits.max_text_bytes == 65536
     assert config.limits.stream_inflight_messages == 8
     assert config.log.raw_text is False and config.shutdown_grace_s == 10.0
-    assert config.model_paths() == [PACKAGE_ROOT / "models" / "minilm-moderation"]
+    assert config.model_paths() == [
+        PACKAGE_ROOT / "models" / "minilm-moderation",
+        PACKAGE_ROOT / "models" / "use-multilingual-moderation",
+    ]
 
 
 def test_yaml_then_environment(tmp_path: Path) -> None:

@@ -290,3 +290,19 @@ async def test_generation_stops_after_two_sentences():
     deltas = [e for e in events if isinstance(e, str)]
     assert len(deltas) < 12  # closed early, not 300 deltas
     assert events[-1].text == "Blocked as an insult. It is toxic."
+
+
+def test_evidence_sentence_in_german_and_english() -> None:
+    from wacht.service.moderation.explain import evidence_sentence, wording_for
+    from wacht.service.moderation.outcomes import ReasonOutcome, SpanOutcome
+
+    span = SpanOutcome("insult", 8, 13, 8, 13, 0.5, "Idiot")
+    reasons = [ReasonOutcome("insult", 0.934, 0.75, "block", [span])]
+    german = evidence_sentence("block", reasons, [], "de-AT")
+    assert german == ("Blockiert: Beleidigung erreichte 0,93 und damit die Sperrschwelle 0,75, "
+                      "ausgelöst durch „Idiot“.")
+    english = evidence_sentence("block", reasons, [], "en")
+    assert english == ('Blocked: insult scored 0.93, at or above the block threshold 0.75, '
+                       'driven by "Idiot".')
+    assert wording_for("fr")[0] == "en"  # no French wording yet: English
+    assert evidence_sentence("allow", [], [], "de") == "Erlaubt: keine Kategorie wurde geprüft."

@@ -87,6 +87,7 @@ def moderate_request(
     raw_scores: bool = False,
     truncation: str | int = 0,
     overrides: Mapping[str, Mapping[str, Any] | moderation_pb2.ThresholdOverride] | None = None,
+    language: str = "",
 ) -> moderation_pb2.ModerateRequest:
     request = moderation_pb2.ModerateRequest(
         texts=text_inputs(texts),
@@ -99,6 +100,7 @@ def moderate_request(
         suggest_rewrite=suggest_rewrite,
         raw_scores=raw_scores,
         truncation=_enum(truncation, TRUNCATIONS, "truncation"),
+        language=language,
     )
     for category, value in (overrides or {}).items():
         override = (
@@ -111,13 +113,19 @@ def moderate_request(
 
 
 def analyze_request(
-    texts: TextsArg, *, model: str = "", tasks: Sequence[str] = (), truncation: str | int = 0
+    texts: TextsArg,
+    *,
+    model: str = "",
+    tasks: Sequence[str] = (),
+    truncation: str | int = 0,
+    language: str = "",
 ) -> analysis_pb2.AnalyzeRequest:
     return analysis_pb2.AnalyzeRequest(
         texts=text_inputs(texts),
         model=model,
         tasks=list(tasks),
         truncation=_enum(truncation, TRUNCATIONS, "truncation"),
+        language=language,
     )
 
 
@@ -127,10 +135,11 @@ def explain_request(
     model: str = "",
     policy: str = "",
     suggest_rewrite: bool = False,
+    language: str = "",
 ) -> moderation_pb2.ExplainRequest:
     item = text if isinstance(text, common_pb2.TextInput) else common_pb2.TextInput(text=text)
     return moderation_pb2.ExplainRequest(
-        text=item, model=model, policy=policy, suggest_rewrite=suggest_rewrite
+        text=item, model=model, policy=policy, suggest_rewrite=suggest_rewrite, language=language
     )
 
 
