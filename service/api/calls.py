@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = get_logger("wacht.api")
 REQUEST_ID_KEY = "x-request-id"
+# A client's x-request-id is kept (it is the key that ties its logs to ours) only in this
+# shape; anything else is replaced by a fresh id, so logs never carry free client text.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass
@@ -73,7 +77,7 @@ def _cancel_code(call: Call | None) -> grpc.StatusCode:
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
 
@@ -81,6 +85,17 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def log_failure(error: errors.ApiError, **extra: object) -> None:
+    """One info line per failed call: the code, and for a bad request the field paths
+    (map keys as hashes), never the message (it quotes the client's values)."""
+    if error.code == grpc.StatusCode.INTERNAL:
+        return  # logged with its traceback where it was raised
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        log.info("call failed", code=error.code.name, fields=errors.log_fields(error), **extra)
+    else:
+        log.info("call failed", code=error.code.name, error=error.message, **extra)
 
 
 async def _abort(
@@ -137,8 +152,7 @@ class CallRunner:
             except Exception as exc:
                 error = to_api_error(exc)
                 code = error.code
-                if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                log_failure(error)
             await _abort(context, error, call)
             raise AssertionError("unreachable")  # abort raises
         finally:
@@ -168,8 +182,7 @@ class CallRunner:
             except Exception as exc:
                 error = to_api_error(exc)
                 code = error.code
-                if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                log_failure(error)
             await _abort(context, error, call)
         finally:
             self.state.call_finished()

@@ -13,6 +13,7 @@ from wacht.service.moderation.core import Core
 from wacht.service.moderation.moderator import Moderator
 from wacht.service.moderation.policies import PolicyStore
 from wacht.service.observability.metrics import Metrics
+from wacht.service.observability.redact import shown
 from wacht.service.runtime.engine import Engine
 
 
@@ -89,7 +90,7 @@ class ServingState:
         if served is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise errors.invalid_argument(
-                [(field_path, f"unknown model {name!r}; served models: {known}")]
+                [(field_path, f"unknown model {shown(name)}; served models: {known}")]
             )
         return served
 

@@ -39,6 +39,7 @@ from wacht.service.moderation.outcomes import (
 from wacht.service.moderation.policies import CategoryRule, Policy, PolicyStore, default_block
 from wacht.service.moderation.spans import SpanConfig, find_spans
 from wacht.service.moderation.taxonomy import CATEGORIES
+from wacht.service.observability.redact import path_key, shown
 
 if TYPE_CHECKING:
     from wacht.service.runtime.model_dir import Manifest
@@ -156,7 +157,8 @@ class Moderator:
         except KeyError:
             raise InvalidArgument(
                 "policy",
-                f"unknown policy '{options.policy}' (loaded: {', '.join(self.policies.names())})",
+                f"unknown policy {shown(options.policy)} "
+                f"(loaded: {', '.join(self.policies.names())})",
             ) from None
         requested: list[str] = []
         for i, category in enumerate(options.categories):
@@ -165,7 +167,7 @@ class Moderator:
                 requested.append(category)
         rules = {c: self._base_rule(policy, c) for c in self.categories}
         for category, override in options.overrides.items():
-            where = f"threshold_overrides[{category}]"
+            where = f"threshold_overrides[{path_key(category)}]"
             self._check_category(where, category)
             rules[category] = self._apply(where, policy, rules[category], override)
         if requested:
@@ -177,12 +179,12 @@ class Moderator:
     def _check_category(self, where: str, category: str) -> None:
         if category not in CATEGORIES:
             raise InvalidArgument(
-                where, f"unknown category '{category}' (known: {', '.join(CATEGORIES)})"
+                where, f"unknown category {shown(category)} (known: {', '.join(CATEGORIES)})"
             )
         if category not in self._category_labels:
             raise InvalidArgument(
                 where,
-                f"category '{category}' is not scored by model '{self.manifest.name}' "
+                f"category {shown(category)} is not scored by model '{self.manifest.name}' "
                 f"(it scores: {', '.join(self.categories)})",
             )
 
