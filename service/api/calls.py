@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from wacht.service.api import errors
-from wacht.service.batching.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from wacht.service.batching.batcher import (
+    BatcherClosed,
+    CallTooLarge,
+    DeadlineExceeded,
+    QueueFull,
+)
 from wacht.service.moderation.moderator import InvalidArgument
 from wacht.service.observability.logging import bind_request, clear_request, get_logger
 from wacht.service.runtime.engine import TextTooLong
@@ -47,9 +52,9 @@ def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
     if isinstance(exc, InvalidArgument):
         return errors.invalid_argument([(field_prefix + exc.field, exc.description)])
     if isinstance(exc, QueueFull):
-        return errors.resource_exhausted(
-            "the batch queue is full; retry later", getattr(exc, "retry_after_s", 0.1)
-        )
+        return errors.resource_exhausted(f"{exc.reason}; retry later", exc.retry_after_s)
+    if isinstance(exc, CallTooLarge):
+        return errors.invalid_argument([(f"{field_prefix}texts", str(exc))])
     if isinstance(exc, DeadlineExceeded):
         return errors.deadline_exceeded()
     if isinstance(exc, BatcherClosed):
@@ -92,7 +97,10 @@ def log_failure(error: errors.ApiError, **extra: object) -> None:
     (map keys as hashes), never the message (it quotes the client's values)."""
     if error.code == grpc.StatusCode.INTERNAL:
         return  # logged with its traceback where it was raised
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # under overload these come by the thousand a second: counted in the metrics
+        log.debug("call failed", code=error.code.name, error=error.message, **extra)
+    elif error.code == grpc.StatusCode.INVALID_ARGUMENT:
         log.info("call failed", code=error.code.name, fields=errors.log_fields(error), **extra)
     else:
         log.info("call failed", code=error.code.name, error=error.message, **extra)
@@ -114,13 +122,18 @@ class CallRunner:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext, needs_models: bool) -> Call:
+    def _begin(
+        self, method: str, context: grpc.aio.ServicerContext, needs_models: bool,
+        sheds: bool = False,
+    ) -> Call:
         call = Call(method, _request_id(context), _deadline(context), time.monotonic())
         bind_request(call.request_id, method)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         admission = self.state.admission_error(needs_models)
         if admission is not None:
             raise admission
+        if sheds:
+            self.state.shed(call.deadline)
         return call
 
     def _finish(
@@ -137,14 +150,17 @@ class CallRunner:
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], Awaitable[T]],
         needs_models: bool = True,
+        sheds: bool = False,
     ) -> T:
+        """`sheds`: the call scores texts, so it is refused at once while the batchers are
+        overloaded (see ServingState.shed)."""
         started = time.monotonic()
         code = grpc.StatusCode.OK
         call = None
         self.state.call_started()
         try:
             try:
-                call = self._begin(method, context, needs_models)
+                call = self._begin(method, context, needs_models, sheds)
                 return await body(call)
             except asyncio.CancelledError:
                 code = _cancel_code(call)
@@ -164,6 +180,7 @@ class CallRunner:
         method: str,
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], AsyncIterator[T]],
+        sheds: bool = False,
     ) -> AsyncIterator[T]:
         started = time.monotonic()
         code = grpc.StatusCode.OK
@@ -171,7 +188,7 @@ class CallRunner:
         self.state.call_started()
         try:
             try:
-                call = self._begin(method, context, True)
+                call = self._begin(method, context, True, sheds)
                 async for item in body(call):
                     yield item
                     bind_request(call.request_id, method)

@@ -172,7 +172,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ModerateResponse:
         return await self.runner.unary(
-            "Moderate", context, lambda call: self._moderate(request, call)
+            "Moderate", context, lambda call: self._moderate(request, call), sheds=True
         )
 
     async def _stream_one(
@@ -304,7 +304,9 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
     async def Explain(  # noqa: N802
         self, request: moderation_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
-        async for reply in self.runner.streaming("Explain", context, self._explain(request)):
+        async for reply in self.runner.streaming(
+            "Explain", context, self._explain(request), sheds=True
+        ):
             yield reply
 
     async def ListPolicies(  # noqa: N802

@@ -92,6 +92,9 @@ class ModerateOptions:
     raw_scores: bool = False
     truncation: Truncation = "window"
     deadline: float | None = None  # time.monotonic() based
+    # Fair-queueing key in the batcher: "" = each call its own flow; the same key (an
+    # authenticated caller, once there are API keys) = one flow shared by its calls.
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,11 +237,12 @@ class Moderator:
 
     async def score(
         self, texts: Sequence[str], *, truncation: Truncation = "window",
-        deadline: float | None = None,
+        deadline: float | None = None, caller: str = "",
     ) -> tuple[list[Any], Any]:
         """Raw per-task scores through this model's batcher (TextScores, BatchTimings)."""
         return await self.batcher.score(
-            list(texts), truncation=truncation, deadline=deadline, max_windows=self.max_windows
+            list(texts), truncation=truncation, deadline=deadline, max_windows=self.max_windows,
+            caller=caller,
         )
 
     async def moderate(
@@ -252,7 +256,8 @@ class Moderator:
         if not texts:
             return [], timings, plan.policy.name
         scores, batch_timings = await self.score(
-            texts, truncation=options.truncation, deadline=options.deadline
+            texts, truncation=options.truncation, deadline=options.deadline,
+            caller=options.caller,
         )
         timings.add(batch_timings)
         outcomes = [self._outcome(s, plan, options) for s in scores]
@@ -287,7 +292,8 @@ class Moderator:
         plan = self.resolve(options)
         timings = ModerationTimings()
         scores, batch_timings = await self.score(
-            [text], truncation=options.truncation, deadline=options.deadline
+            [text], truncation=options.truncation, deadline=options.deadline,
+            caller=options.caller,
         )
         timings.add(batch_timings)
         outcome = self._outcome(scores[0], plan, options)
@@ -378,7 +384,8 @@ class Moderator:
 
         async def rescore(variants: list[str]) -> list[dict[str, float]]:
             scores, batch_timings = await self.score(
-                variants, truncation=truncation, deadline=options.deadline
+                variants, truncation=truncation, deadline=options.deadline,
+                caller=options.caller,
             )
             timings.add(batch_timings, tokens=False)
             timings.span_variants += len(variants)
@@ -489,7 +496,8 @@ class Moderator:
         """The rewrite if it passes the same policy; '' if it would itself be flagged."""
         try:
             scores, batch_timings = await self.score(
-                [rewrite], truncation="window", deadline=options.deadline
+                [rewrite], truncation="window", deadline=options.deadline,
+                caller=options.caller,
             )
         except Exception as exc:
             log.warning("rewrite_check_failed", error=type(exc).__name__)
