@@ -192,8 +192,12 @@ class CallRunner:
                 async for item in body(call):
                     yield item
                     bind_request(call.request_id, method)
+                if context.cancelled():  # the client went away: its reads simply ended
+                    code = _cancel_code(call)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # grpc closes the response generator (GeneratorExit at the yield) when the
+                # client cancels a stream, or cancels the handler task
                 code = _cancel_code(call)
                 raise
             except Exception as exc:
