@@ -52,6 +52,7 @@ import numpy as np
 import structlog
 
 from wacht.service.batching.queue import QueuedWindow, WindowQueue
+from wacht.service.runtime import memory
 from wacht.service.runtime.engine import EncodedText, Engine, TextScores, Truncation
 from wacht.service.runtime.packing import micro_batches
 
@@ -60,6 +61,7 @@ log = structlog.get_logger(__name__)
 # in the tokeniser pool: other calls' jobs run between them.
 TOKENIZE_CHUNK_CHARS = 64 * 1024
 TOKENIZE_CHUNK_TEXTS = 64
+TRIM_AFTER_WINDOWS = 512  # a call of this many windows returns freed memory to the system
 
 
 def _chunks(texts: list[str], max_chars: int, max_texts: int) -> list[list[str]]:
@@ -667,6 +669,8 @@ class Batcher:
 
     def _complete(self, request: _Request) -> None:
         self._finish(request)
+        if len(request.windows) >= TRIM_AFTER_WINDOWS and self._tokenize_pool is not None:
+            self._tokenize_pool.submit(memory.trim)  # after a large call: give memory back
         if request.future.done():
             return
         try:
