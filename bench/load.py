@@ -78,11 +78,13 @@ class ServerProcess:
         self.port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("WACHT_")}
         env.update(
-            WACHT_ADDRESS=f"127.0.0.1:{self.port}",
-            WACHT_METRICS_PORT="0",
-            WACHT_MODELS=str(model),
-            WACHT_LOG__LEVEL="warning",
-            **env_overrides,
+            {
+                "WACHT_ADDRESS": f"127.0.0.1:{self.port}",
+                "WACHT_METRICS_PORT": "0",
+                "WACHT_MODELS": str(model),
+                "WACHT_LOG__LEVEL": "warning",
+                **env_overrides,  # may replace any of the above
+            }
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"], cwd=REPO_ROOT, env=env

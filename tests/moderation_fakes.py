@@ -80,7 +80,7 @@ class FakeBatcher:
                     keep[i] *= 1.0 - contrib.get(label, 0.0)
         return [min(0.999, max(0.01, 1.0 - k)) for k in keep]
 
-    async def score(self, texts, *, truncation="window", max_windows=16, deadline=None):
+    async def score(self, texts, *, truncation="window", max_windows=16, deadline=None, caller=""):
         self.calls.append(list(texts))
         out = []
         for text in texts:

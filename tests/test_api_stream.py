@@ -80,3 +80,36 @@ def test_stream_backpressure_stops_reading() -> None:
     # 2 in flight on the server plus what HTTP/2 flow-control windows buffer (64 KiB each
     # side): far fewer than all 60 messages (~3.8 MB) were pulled from the client.
     assert seen < 30, seen
+
+
+def test_cancelled_stream_is_counted_cancelled(wacht_server: ServerThread) -> None:
+    """A client that writes, never reads, then cancels: the request metric says CANCELLED
+    (it said OK), and the server keeps serving."""
+    from api_support import metric_value
+
+    def cancelled() -> float:
+        return metric_value(wacht_server.metrics_text(), "wacht_requests_total",
+                            method="ModerateStream", code="CANCELLED")
+
+    before = cancelled()
+    stop = threading.Event()
+
+    def messages():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            yield moderation_pb2.ModerateStreamRequest(
+                message_id=str(i), request=moderate_request([f"short text {i}"])
+            )
+            time.sleep(0.001)
+
+    with WachtClient(wacht_server.address, timeout=60) as c:
+        call = c.moderation.ModerateStream(messages(), timeout=30)
+        time.sleep(1.0)
+        call.cancel()
+        stop.set()
+        deadline = time.monotonic() + 10
+        while cancelled() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cancelled() == before + 1
+        assert c.moderate(["still serving"]).results[0].id == "0"

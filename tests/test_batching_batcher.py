@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -489,3 +490,28 @@ def test_micro_limits_follow_the_model_and_device():
     assert micro_limits(default, _Engine("fp16", GPU)) == (4096, 64, 0.2)
     chosen = BatchingConfig(micro_batch_size=4, micro_batch_tokens=300, max_batch_size=2)
     assert micro_limits(chosen, _Engine("int8", CPU)) == (300, 2, 0.2)  # never above the batch
+
+
+async def test_admission_by_estimated_wait_and_deadline():
+    from wacht.service.batching.batcher import Overloaded
+
+    engine, recorder = FakeEngine(), Recorder()
+    batcher = await started(engine, config(inference_threads=1, max_queue_wait_ms=30), recorder)
+    gate, running = await block_engine(batcher, engine)
+    batcher._window_s = 0.01  # as if measured: 10 ms per window
+    waiting = [asyncio.create_task(batcher.score([f"{i}"])) for i in range(5)]
+    await until(lambda: batcher.queue_windows == 5)
+    # 5 queued flows + 1 running window ahead: 60 ms > 30 ms
+    assert batcher.estimated_wait(1) == pytest.approx(0.06)
+    with pytest.raises(Overloaded) as caught:
+        await batcher.score(["9"])
+    assert caught.value.retry_after_s == pytest.approx(0.03)
+    assert ("overloaded", 1) in recorder.drops
+    # no bound, but the deadline is nearer than the estimated finish
+    batcher.config.max_queue_wait_ms = 0
+    with pytest.raises(Overloaded):
+        await batcher.score(["9"], deadline=time.monotonic() + 0.02)
+    gate.set()
+    await running
+    assert len(await asyncio.gather(*waiting)) == 5
+    await batcher.stop()

@@ -56,3 +56,26 @@ def test_batch_ready_when_more_than_one_batch_is_queued():
     assert queue_of(3, 3, 5).batch_ready(10, 99)  # 5*3 = 15 > 10
     assert queue_of(1, 1, 1).batch_ready(100, 2)
     assert not queue_of(50).batch_ready(10, 99)  # a single window is never "more than full"
+
+
+def test_take_is_round_robin_across_flows():
+    big, small = object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(big, i, 5, 0.0) for i in range(100)])
+    queue.push([QueuedWindow(small, 0, 5, 1.0)])
+    first = queue.take(10**6, 4, keep_all)
+    assert [w.request for w in first] == [big, small, big, big]
+    assert queue.flows == 1 and len(queue) == 97
+    assert queue.ahead_of(1) == 1 and queue.ahead_of(10) == 10
+
+
+def test_a_shared_flow_keeps_its_calls_in_order_and_takes_turns():
+    a1, a2, b = object(), object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(a1, 0, 1, 0.0), QueuedWindow(a1, 1, 1, 0.0)], flow="caller-a")
+    queue.push([QueuedWindow(a2, 0, 1, 0.0)], flow="caller-a")
+    queue.push([QueuedWindow(b, 0, 1, 0.0)])
+    order = [(w.request, w.index) for w in queue.take(10**6, 99, keep_all)]
+    assert order == [(a1, 0), (b, 0), (a1, 1), (a2, 0)]
+    queue.push([QueuedWindow(a2, 1, 1, 0.0)], flow="caller-a")
+    assert queue.discard(a2, "caller-a") == 1 and len(queue) == 0

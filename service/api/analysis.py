@@ -15,6 +15,7 @@ from wacht.service.api.validation import (
     check_truncation,
 )
 from wacht.service.observability.logging import get_logger, texts_summary
+from wacht.service.observability.redact import shown
 from wacht.service.runtime.model_dir import TaskSpec
 from wacht.v1 import analysis_pb2, analysis_pb2_grpc, common_pb2
 
@@ -58,7 +59,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
         known = target.tasks
         for i, name in enumerate(request.tasks):
             if name not in known:
-                v.add(f"tasks[{i}]", f"unknown task {name!r}; this model has {', '.join(known)}")
+                v.add(
+                    f"tasks[{i}]", f"unknown task {shown(name)}; this model has {', '.join(known)}"
+                )
         ids, texts = check_texts(request.texts, self.state.config.limits, v)
         truncation = check_truncation(request.truncation, v)
         language = check_language(request.language, v, "language")
@@ -96,5 +99,5 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
         self, request: analysis_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
     ) -> analysis_pb2.AnalyzeResponse:
         return await self.runner.unary(
-            "Analyze", context, lambda call: self._analyze(request, call)
+            "Analyze", context, lambda call: self._analyze(request, call), sheds=True
         )

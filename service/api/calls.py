@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,12 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from wacht.service.api import errors
-from wacht.service.batching.batcher import BatcherClosed, DeadlineExceeded, QueueFull
+from wacht.service.batching.batcher import (
+    BatcherClosed,
+    CallTooLarge,
+    DeadlineExceeded,
+    QueueFull,
+)
 from wacht.service.moderation.moderator import InvalidArgument
 from wacht.service.observability.logging import bind_request, clear_request, get_logger
 from wacht.service.runtime.engine import TextTooLong
@@ -23,6 +29,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = get_logger("wacht.api")
 REQUEST_ID_KEY = "x-request-id"
+# A client's x-request-id is kept (it is the key that ties its logs to ours) only in this
+# shape; anything else is replaced by a fresh id, so logs never carry free client text.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass
@@ -43,9 +52,9 @@ def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
     if isinstance(exc, InvalidArgument):
         return errors.invalid_argument([(field_prefix + exc.field, exc.description)])
     if isinstance(exc, QueueFull):
-        return errors.resource_exhausted(
-            "the batch queue is full; retry later", getattr(exc, "retry_after_s", 0.1)
-        )
+        return errors.resource_exhausted(f"{exc.reason}; retry later", exc.retry_after_s)
+    if isinstance(exc, CallTooLarge):
+        return errors.invalid_argument([(f"{field_prefix}texts", str(exc))])
     if isinstance(exc, DeadlineExceeded):
         return errors.deadline_exceeded()
     if isinstance(exc, BatcherClosed):
@@ -73,7 +82,7 @@ def _cancel_code(call: Call | None) -> grpc.StatusCode:
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
 
@@ -81,6 +90,20 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def log_failure(error: errors.ApiError, **extra: object) -> None:
+    """One info line per failed call: the code, and for a bad request the field paths
+    (map keys as hashes), never the message (it quotes the client's values)."""
+    if error.code == grpc.StatusCode.INTERNAL:
+        return  # logged with its traceback where it was raised
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # under overload these come by the thousand a second: counted in the metrics
+        log.debug("call failed", code=error.code.name, error=error.message, **extra)
+    elif error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        log.info("call failed", code=error.code.name, fields=errors.log_fields(error), **extra)
+    else:
+        log.info("call failed", code=error.code.name, error=error.message, **extra)
 
 
 async def _abort(
@@ -99,13 +122,18 @@ class CallRunner:
     def __init__(self, state: ServingState) -> None:
         self.state = state
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext, needs_models: bool) -> Call:
+    def _begin(
+        self, method: str, context: grpc.aio.ServicerContext, needs_models: bool,
+        sheds: bool = False,
+    ) -> Call:
         call = Call(method, _request_id(context), _deadline(context), time.monotonic())
         bind_request(call.request_id, method)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         admission = self.state.admission_error(needs_models)
         if admission is not None:
             raise admission
+        if sheds:
+            self.state.shed(call.deadline)
         return call
 
     def _finish(
@@ -122,14 +150,17 @@ class CallRunner:
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], Awaitable[T]],
         needs_models: bool = True,
+        sheds: bool = False,
     ) -> T:
+        """`sheds`: the call scores texts, so it is refused at once while the batchers are
+        overloaded (see ServingState.shed)."""
         started = time.monotonic()
         code = grpc.StatusCode.OK
         call = None
         self.state.call_started()
         try:
             try:
-                call = self._begin(method, context, needs_models)
+                call = self._begin(method, context, needs_models, sheds)
                 return await body(call)
             except asyncio.CancelledError:
                 code = _cancel_code(call)
@@ -137,8 +168,7 @@ class CallRunner:
             except Exception as exc:
                 error = to_api_error(exc)
                 code = error.code
-                if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                log_failure(error)
             await _abort(context, error, call)
             raise AssertionError("unreachable")  # abort raises
         finally:
@@ -150,6 +180,7 @@ class CallRunner:
         method: str,
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], AsyncIterator[T]],
+        sheds: bool = False,
     ) -> AsyncIterator[T]:
         started = time.monotonic()
         code = grpc.StatusCode.OK
@@ -157,19 +188,22 @@ class CallRunner:
         self.state.call_started()
         try:
             try:
-                call = self._begin(method, context, True)
+                call = self._begin(method, context, True, sheds)
                 async for item in body(call):
                     yield item
                     bind_request(call.request_id, method)
+                if context.cancelled():  # the client went away: its reads simply ended
+                    code = _cancel_code(call)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # grpc closes the response generator (GeneratorExit at the yield) when the
+                # client cancels a stream, or cancels the handler task
                 code = _cancel_code(call)
                 raise
             except Exception as exc:
                 error = to_api_error(exc)
                 code = error.code
-                if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                log_failure(error)
             await _abort(context, error, call)
         finally:
             self.state.call_finished()

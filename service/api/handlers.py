@@ -2,7 +2,8 @@
 
 grpc's generated `add_*_to_server` answers an undecodable request (for example a string
 field holding invalid UTF-8) with a bare INTERNAL. Here such a request reaches the servicer
-as `Undecodable`, and `reject_undecodable` turns it into INVALID_ARGUMENT.
+as `Undecodable`, which becomes INVALID_ARGUMENT naming the field (`texts[2].text`, found by
+walking the bytes, see wire.py).
 """
 
 from __future__ import annotations
@@ -13,29 +14,35 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import DecodeError
 
 from wacht.service.api import errors
+from wacht.service.api.wire import find_problem
 
 
 @dataclass
 class Undecodable:
-    type_name: str
-    reason: str
+    descriptor: Descriptor
+    data: bytes
 
-    def error(self) -> errors.ApiError:
-        return errors.invalid_argument(
-            [("", f"cannot decode {self.type_name}: {self.reason} (strings must be UTF-8)")]
-        )
+    def error(self, prefix: str = "") -> errors.ApiError:
+        problem = find_problem(self.descriptor, self.data)
+        if problem is None or not problem.field:
+            where = f" at {problem.field or 'the top level'}: {problem.description}" if problem \
+                else ""
+            return errors.invalid_argument(
+                [(prefix.rstrip("."), f"not a valid {self.descriptor.name} message{where}")]
+            )
+        return errors.invalid_argument([(prefix + problem.field, problem.description)])
 
 
 def _deserializer(cls: type) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         try:
             return cls.FromString(data)
-        except (DecodeError, ValueError, RuntimeError) as exc:
-            return Undecodable(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+        except (DecodeError, ValueError, RuntimeError):
+            return Undecodable(cls.DESCRIPTOR, data)
 
     return parse
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from wacht.service.api.calls import Call, CallRunner, to_api_error
+from wacht.service.api.calls import Call, CallRunner, log_failure, to_api_error
 from wacht.service.api.handlers import Undecodable
 from wacht.service.api.state import ServedModel, ServingState
 from wacht.service.api.validation import (
@@ -172,7 +172,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ModerateResponse:
         return await self.runner.unary(
-            "Moderate", context, lambda call: self._moderate(request, call)
+            "Moderate", context, lambda call: self._moderate(request, call), sheds=True
         )
 
     async def _stream_one(
@@ -193,7 +193,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         except Exception as exc:
             error = to_api_error(exc, "request.")
             reply.error.CopyFrom(error.to_status_proto())
-            log.info("stream message failed", sequence=sequence, code=error.code.name)
+            log_failure(error, sequence=sequence)
         return reply
 
     def _stream(self, request_iterator: AsyncIterator[moderation_pb2.ModerateStreamRequest]) -> Any:
@@ -304,7 +304,9 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
     async def Explain(  # noqa: N802
         self, request: moderation_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
-        async for reply in self.runner.streaming("Explain", context, self._explain(request)):
+        async for reply in self.runner.streaming(
+            "Explain", context, self._explain(request), sheds=True
+        ):
             yield reply
 
     async def ListPolicies(  # noqa: N802

@@ -65,6 +65,13 @@ class WachtServer:
                 ("grpc.max_receive_message_length", self._max_message_bytes()),
                 ("grpc.so_reuseport", 0),
                 ("grpc.http2.bdp_probe", 0),
+                # grpc core sheds calls the application has not taken yet: between a soft
+                # and a hard limit of pending calls (1000/3000 by default), at random, as
+                # CANCELLED, before Wacht sees them. Wacht's admission (by estimated wait:
+                # RESOURCE_EXHAUSTED with RetryInfo) is what answers excess calls; these
+                # limits are raised so that core only steps in far beyond.
+                ("grpc.server.max_pending_requests", 20000),
+                ("grpc.server.max_pending_requests_hard_limit", 40000),
             ]
         )
         self.server = server

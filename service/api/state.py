@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wacht.service.api import errors
-from wacht.service.batching.batcher import Batcher
+from wacht.service.batching.batcher import Batcher, Overloaded
 from wacht.service.config import Config
 from wacht.service.moderation.core import Core
 from wacht.service.moderation.moderator import Moderator
 from wacht.service.moderation.policies import PolicyStore
 from wacht.service.observability.metrics import Metrics
+from wacht.service.observability.redact import shown
 from wacht.service.runtime.engine import Engine
 
 
@@ -82,6 +83,21 @@ class ServingState:
             return errors.unavailable("models are still loading")
         return None
 
+    def shed(self, deadline: float | None) -> None:
+        """Refuse a scoring call at the door, before any work on it, when no model's
+        batcher could take even a one-window call in time (raises Overloaded). The decision
+        is the batchers' own `check_wait`; the exact one follows at admission."""
+        refusals: list[Overloaded] = []
+        for served in self.models.values():
+            try:
+                served.batcher.check_wait(1, deadline)
+            except Overloaded as exc:
+                refusals.append(exc)
+            else:
+                return
+        if refusals:
+            raise min(refusals, key=lambda r: r.retry_after_s)
+
     def model(self, name: str, field_path: str = "model") -> ServedModel:
         """The served model called `name` ("" = default), else INVALID_ARGUMENT on field_path."""
         key = name or self.default_model
@@ -89,7 +105,7 @@ class ServingState:
         if served is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise errors.invalid_argument(
-                [(field_path, f"unknown model {name!r}; served models: {known}")]
+                [(field_path, f"unknown model {shown(name)}; served models: {known}")]
             )
         return served
 

@@ -10,6 +10,7 @@ from wacht.service.api import errors
 from wacht.service.config import LimitsConfig
 from wacht.service.moderation.moderator import ModerateOptions, ThresholdOverride
 from wacht.service.moderation.taxonomy import CATEGORIES
+from wacht.service.observability.redact import path_key, shown
 from wacht.v1 import common_pb2, moderation_pb2
 
 TRUNCATIONS = {
@@ -59,7 +60,8 @@ def check_texts(
     for i, item in enumerate(texts):
         text_id = item.id or str(i)
         if text_id in seen:
-            v.add(f"{field}[{i}].id", f"duplicate id {text_id!r} (also {field}[{seen[text_id]}])")
+            first = f"{field}[{seen[text_id]}]"
+            v.add(f"{field}[{i}].id", f"duplicate id {shown(text_id)} (also {first})")
         seen.setdefault(text_id, i)
         ids.append(text_id)
         size = len(item.text.encode("utf-8", "surrogatepass"))
@@ -95,11 +97,13 @@ def check_categories(
     out = []
     for i, name in enumerate(names):
         if name not in CATEGORIES:
-            v.add(f"{field}[{i}]", f"unknown category {name!r}; known: {', '.join(CATEGORIES)}")
+            v.add(
+                f"{field}[{i}]", f"unknown category {shown(name)}; known: {', '.join(CATEGORIES)}"
+            )
         elif name not in model_categories:
             v.add(
                 f"{field}[{i}]",
-                f"category {name!r} is not scored by this model "
+                f"category {shown(name)} is not scored by this model "
                 f"(it scores {', '.join(model_categories)})",
             )
         else:
@@ -116,12 +120,12 @@ def check_overrides(
     out: dict[str, ThresholdOverride] = {}
     for name in sorted(overrides):
         item = overrides[name]
-        at = f"{field}[{name}]"
+        at = f"{field}[{path_key(name)}]"
         if name not in CATEGORIES:
-            v.add(at, f"unknown category {name!r}; known: {', '.join(CATEGORIES)}")
+            v.add(at, f"unknown category {shown(name)}; known: {', '.join(CATEGORIES)}")
             continue
         if name not in model_categories:
-            v.add(at, f"category {name!r} is not scored by this model")
+            v.add(at, f"category {shown(name)} is not scored by this model")
             continue
         review = item.review if item.HasField("review") else None
         block = item.block if item.HasField("block") else None
@@ -146,7 +150,7 @@ def check_policy(name: str, policies: Any, v: Violations, field: str = "policy")
     try:
         policies.get(name)
     except KeyError:
-        v.add(field, f"unknown policy {name!r}; loaded: {', '.join(policies.names())}")
+        v.add(field, f"unknown policy {shown(name)}; loaded: {', '.join(policies.names())}")
     return name
 
 

@@ -52,10 +52,31 @@ import numpy as np
 import structlog
 
 from wacht.service.batching.queue import QueuedWindow, WindowQueue
+from wacht.service.runtime import memory
 from wacht.service.runtime.engine import EncodedText, Engine, TextScores, Truncation
 from wacht.service.runtime.packing import micro_batches
 
 log = structlog.get_logger(__name__)
+# A call is tokenised in chunks of about this many characters (or texts), each its own job
+# in the tokeniser pool: other calls' jobs run between them.
+TOKENIZE_CHUNK_CHARS = 64 * 1024
+TOKENIZE_CHUNK_TEXTS = 64
+TRIM_AFTER_WINDOWS = 512  # a call of this many windows returns freed memory to the system
+
+
+def _chunks(texts: list[str], max_chars: int, max_texts: int) -> list[list[str]]:
+    out: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for text in texts:
+        if current and (size + len(text) > max_chars or len(current) >= max_texts):
+            out.append(current)
+            current, size = [], 0
+        current.append(text)
+        size += len(text)
+    if current:
+        out.append(current)
+    return out
 
 
 @dataclass
@@ -76,6 +97,17 @@ class BatchingConfig:
     micro_batch_size: int = 0  # windows per forward
     micro_batch_padding: float = 0.2  # largest share of a forward's tokens that is padding
     tokenize_threads: int = 1
+    # Admission by time: a call is refused (QueueFull, with the estimate as its retry hint)
+    # when its estimated wait in the queue -- from the measured service rate and the work
+    # ahead of it under fair queueing -- exceeds this bound, or when its estimated finish
+    # is past its deadline. 0 = no bound (the deadline check stays).
+    max_queue_wait_ms: float = 100.0
+    # Cost cap: windows one call may put into the queue (texts x windows per text);
+    # more is refused with CallTooLarge. 0 = no cap.
+    max_call_windows: int = 2048
+    # Windows per dispatch at most, in micro-batches: 0 = 4 forwards' worth. Small keeps
+    # the time a newly arrived call waits for a free inference thread short.
+    dispatch_windows: int = 0
 
 
 def micro_limits(config: BatchingConfig, engine: object) -> tuple[int, int, float]:
@@ -97,6 +129,34 @@ class QueueFull(Exception):
     def __init__(self, retry_after_s: float, queued: int = 0, limit: int = 0) -> None:
         super().__init__(f"queue full ({queued}/{limit} texts); retry in {retry_after_s:.2f}s")
         self.retry_after_s = retry_after_s
+        self.reason = "the batch queue is full"
+
+
+class Overloaded(QueueFull):
+    """The estimated wait is over the bound or past the call's deadline."""
+
+    def __init__(self, retry_after_s: float, wait_s: float, allowed_s: float) -> None:
+        Exception.__init__(
+            self, f"estimated wait {wait_s:.3f}s > {allowed_s:.3f}s; retry in {retry_after_s:.2f}s"
+        )
+        self.retry_after_s = retry_after_s
+        self.wait_s = wait_s
+        self.reason = (
+            f"the server is overloaded (estimated wait {wait_s * 1000:.0f} ms, "
+            f"allowed {max(0.0, allowed_s) * 1000:.0f} ms)"
+        )
+
+
+class CallTooLarge(ValueError):
+    """One call needs more windows than `max_call_windows`."""
+
+    def __init__(self, windows: int, limit: int, texts: int) -> None:
+        super().__init__(
+            f"{texts} texts need {windows}+ windows of the model; at most {limit} per call "
+            "(split the request, or shorten the texts)"
+        )
+        self.windows = windows
+        self.limit = limit
 
 
 class DeadlineExceeded(Exception):
@@ -150,7 +210,10 @@ class _Request:
     texts: int
     tokenize_ns: int
     enqueued_ns: int
-    remaining: int
+    remaining: int  # windows queued and not yet delivered
+    flow: object = None  # the queue flow (the caller's key, else the request itself)
+    capacity: int = 0  # rows to allocate per output (an upper bound on its windows)
+    tokenized: bool = True  # every chunk of its texts tokenised and queued
     live: bool = True  # read by inference threads; written on the loop only
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     started_ns: int = 0
@@ -169,6 +232,9 @@ class Batcher:
         self.engine = engine
         self.config = config or BatchingConfig()
         self._micro = micro_limits(self.config, engine)
+        self._dispatch_size = min(
+            self.config.max_batch_size, self.config.dispatch_windows or 4 * self._micro[1]
+        )
         self.observer: BatchObserver = observer or NullObserver()
         self._clock = clock
         self._queue = WindowQueue()
@@ -176,6 +242,12 @@ class Batcher:
         self._in_flight = 0  # batches running
         self._tokenizing = 0  # calls being tokenised
         self._rate = 0.0  # recent windows per second of inference (EWMA)
+        self._window_s = 0.0  # recent forward seconds per window, per thread (EWMA)
+        self._running_windows = 0  # windows in batches being run
+        # characters per window (learnt from multi-window texts): estimates a call's cost
+        # before it is tokenised; starts at ~4 characters per content token
+        self._chars_per_window = float(4 * getattr(getattr(engine, "tokenizer", None),
+                                                   "content", 126))
         self._wake = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task | None = None
@@ -228,7 +300,10 @@ class Batcher:
         truncation: Truncation = "window",
         max_windows: int = 16,
         deadline: float | None = None,
+        caller: str = "",
     ) -> tuple[list[TextScores], BatchTimings]:
+        """Scores of `texts`. `caller`: the fair-queueing key; calls with the same non-empty
+        key share one flow (served in turn with the other flows), "" = a flow per call."""
         if self._worker is None or self._closing or self._loop is None:
             raise BatcherClosed("the batcher is not running")
         count = len(texts)
@@ -245,51 +320,133 @@ class Batcher:
             raise QueueFull(
                 self._retry_after(count), self._queued_texts, self.config.max_queue_texts
             )
+        self.check_wait(self.estimate_windows(texts, truncation, max_windows), deadline, count)
         self._admit(count)
         if self._idle() and count <= self._micro[1]:
             return await self._score_directly(list(texts), truncation, max_windows, deadline)
-        request: _Request | None = None
+        request = _Request(
+            encoded=[],
+            windows=[],
+            future=self._loop.create_future(),
+            deadline=deadline,
+            texts=count,
+            tokenize_ns=0,
+            enqueued_ns=0,
+            remaining=0,
+            capacity=count * (1 if truncation == "head" else max_windows),
+            tokenized=False,
+        )
+        request.flow = ("caller", caller) if caller else request
         try:
-            started = time.perf_counter_ns()
-            self._tokenizing += 1
-            try:
-                encoded = await self._loop.run_in_executor(
-                    self._tokenize_pool, self.engine.encode, list(texts), truncation, max_windows
-                )
-            finally:
-                self._tokenizing -= 1
-            enqueued = time.perf_counter_ns()
-            windows = [w for e in encoded for w in e.windows]
-            request = _Request(
-                encoded=encoded,
-                windows=windows,
-                future=self._loop.create_future(),
-                deadline=deadline,
-                texts=count,
-                tokenize_ns=enqueued - started,
-                enqueued_ns=enqueued,
-                remaining=len(windows),
-            )
-            now = self._clock()
-            self._queue.push([QueuedWindow(request, i, len(w), now) for i, w in enumerate(windows)])
-            self._wake.set()
-            timeout = None if deadline is None else max(0.0, deadline - now)
+            for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS, TOKENIZE_CHUNK_TEXTS):
+                if not request.live:
+                    break  # expired or failed meanwhile: its future holds the error
+                await self._tokenize_chunk(request, chunk, truncation, max_windows)
+            request.tokenized = True
+            if request.live and request.remaining == 0:
+                self._complete(request)  # every window was answered while we tokenised
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
             return await asyncio.wait_for(request.future, timeout)
         except TimeoutError:
-            if request is not None and request.live:
+            if request.live:
                 self._abandon(request, "deadline")
             raise DeadlineExceeded("deadline passed while queued or running") from None
         except asyncio.CancelledError:
-            if request is None:
-                self._release(count)
-                self.observer.dropped("cancelled", count)
-            elif request.live:
+            if request.live:
                 self._abandon(request, "cancelled")
             raise
         except BaseException:
-            if request is None:
-                self._release(count)
+            if request.live:
+                self._abandon(request, "failed")
             raise
+
+    async def _tokenize_chunk(
+        self, request: _Request, texts: list[str], truncation: Truncation, max_windows: int
+    ) -> None:
+        """Tokenise one chunk of a call's texts and queue its windows at once: a long call
+        is tokenised in pieces that take turns with other calls in the tokeniser pool, and
+        its first windows run while the rest is still being tokenised."""
+        assert self._loop is not None
+        started = time.perf_counter_ns()
+        self._tokenizing += 1
+        try:
+            encoded = await self._loop.run_in_executor(
+                self._tokenize_pool, self.engine.encode, texts, truncation, max_windows
+            )
+        finally:
+            self._tokenizing -= 1
+        now_ns = time.perf_counter_ns()
+        request.tokenize_ns += now_ns - started
+        if not request.enqueued_ns:
+            request.enqueued_ns = now_ns
+        if not request.live:
+            return  # dropped (deadline) while this chunk was tokenised
+        self._learn_sizes(texts, encoded)
+        first = len(request.windows)
+        windows = [w for e in encoded for w in e.windows]
+        limit = self.config.max_call_windows
+        if limit and first + len(windows) > limit:
+            raise CallTooLarge(first + len(windows), limit, request.texts)
+        request.encoded.extend(encoded)
+        request.windows.extend(windows)
+        request.remaining += len(windows)
+        now = self._clock()
+        self._queue.push(
+            [QueuedWindow(request, first + i, len(w), now) for i, w in enumerate(windows)],
+            request.flow,
+        )
+        self._wake.set()
+
+    # --- admission by time ---
+
+    def estimate_windows(
+        self, texts: list[str], truncation: Truncation = "window", max_windows: int = 16
+    ) -> int:
+        """Windows `texts` will need, from their lengths and the characters per window seen
+        so far (exact for short texts: one window each)."""
+        if truncation == "head":
+            return len(texts)
+        per_window = self._chars_per_window
+        return sum(min(max_windows, 1 + int(len(t) // per_window)) for t in texts)
+
+    def estimated_wait(self, windows: int = 1) -> float:
+        """Seconds a new call of `windows` windows would wait for the work ahead of it
+        under round-robin (queued, being tokenised, running) at the measured rate."""
+        if self._window_s <= 0:
+            return 0.0
+        threads = max(1, self.config.inference_threads)
+        ahead = self._queue.ahead_of(windows) + self._running_windows
+        ahead += min(self._tokenizing, 1) * windows  # a tokenising call takes its turns too
+        return ahead * self._window_s / threads
+
+    def service_time(self, windows: int) -> float:
+        """Seconds this batcher needs for `windows` windows of one call on its own."""
+        return windows * self._window_s / max(1, self.config.inference_threads)
+
+    def check_wait(self, windows: int, deadline: float | None, texts: int = 0) -> None:
+        """Raise Overloaded when a call of `windows` windows would wait longer than
+        max_queue_wait_ms, or would not finish before its deadline."""
+        wait = self.estimated_wait(windows)
+        if wait <= 0:
+            return
+        bound = self.config.max_queue_wait_ms / 1000 or float("inf")
+        allowed = bound
+        if deadline is not None:
+            allowed = min(allowed, deadline - self._clock() - self.service_time(windows))
+        if wait > allowed:
+            # the backlog drains at the measured rate: after `wait - allowed` a call like
+            # this one would fit again (if no one else came first)
+            retry = min(60.0, max(0.005, wait - max(0.0, allowed)))
+            if texts:
+                self.observer.dropped("overloaded", texts)
+            raise Overloaded(retry, wait, allowed)
+
+    def _learn_sizes(self, texts: list[str], encoded: list[EncodedText]) -> None:
+        long = [(len(t), len(e.windows)) for t, e in zip(texts, encoded, strict=True)
+                if len(e.windows) > 1]
+        if long:
+            chars = sum(c for c, _ in long) / sum(w for _, w in long)
+            self._chars_per_window = max(16.0, 0.8 * self._chars_per_window + 0.2 * chars)
 
     # --- the idle fast path: tokenise and infer in one thread hop ---
 
@@ -301,6 +458,7 @@ class Batcher:
     ) -> tuple[list[TextScores], BatchTimings]:
         assert self._loop is not None
         self._in_flight += 1
+        self._running_windows += len(texts)
         future = self._loop.run_in_executor(
             self._pool, self._run_directly, texts, truncation, max_windows
         )
@@ -344,6 +502,7 @@ class Batcher:
 
     def _direct_finished(self, count: int, future: asyncio.Future) -> None:
         self._in_flight -= 1
+        self._running_windows -= count
         self._release(count)
         if future.cancelled() or future.exception() is not None:
             return  # the exception reached the caller (or nobody waits any more)
@@ -365,12 +524,13 @@ class Batcher:
         excess = self._queued_texts + count - self.config.max_queue_texts
         if self._rate <= 0:
             return 1.0
-        return float(min(60.0, max(0.01, excess / self._rate)))
+        rate = self._rate * max(1, self.config.inference_threads)  # windows/s ~ texts/s
+        return float(min(60.0, max(0.01, excess / rate)))
 
     def _finish(self, request: _Request, *, purge: bool = False) -> None:
         request.live = False
         if purge:  # otherwise its queued windows are skipped lazily by take()
-            self._queue.discard(request)
+            self._queue.discard(request, request.flow)
         self._release(request.texts)
 
     def _abandon(self, request: _Request, reason: str) -> None:
@@ -407,7 +567,7 @@ class Batcher:
         if self._in_flight == 0 or self._closing:
             return 0.0
         cfg = self.config
-        if self._queue.batch_ready(cfg.max_batch_tokens, cfg.max_batch_size):
+        if self._queue.batch_ready(cfg.max_batch_tokens, self._dispatch_size):
             return 0.0
         oldest = self._queue.oldest or self._clock()
         return max(0.0, oldest + cfg.max_queue_delay_ms / 1000 - self._clock())
@@ -428,17 +588,19 @@ class Batcher:
 
     def _dispatch(self) -> None:
         cfg = self.config
-        batch = self._queue.take(cfg.max_batch_tokens, cfg.max_batch_size, self._keep)
+        batch = self._queue.take(cfg.max_batch_tokens, self._dispatch_size, self._keep)
         if not batch:
             return
         self.observer.batch_formed(len(batch))
         assert self._loop is not None
         self._in_flight += 1
+        self._running_windows += len(batch)
         future = self._loop.run_in_executor(self._pool, self._infer, batch)
         future.add_done_callback(functools.partial(self._batch_finished, batch))
 
     def _batch_finished(self, batch: list[QueuedWindow], future: asyncio.Future) -> None:
         self._in_flight -= 1
+        self._running_windows -= len(batch)
         self._wake.set()
         exc = future.exception()
         if exc is not None:
@@ -485,9 +647,8 @@ class Batcher:
                 continue
             for name, values in logits.items():
                 if name not in request.rows:
-                    request.rows[name] = np.empty(
-                        (len(request.windows), values.shape[1]), dtype=np.float32
-                    )
+                    rows = max(request.capacity, len(request.windows))
+                    request.rows[name] = np.empty((rows, values.shape[1]), dtype=np.float32)
                 request.rows[name][item.index] = values[row]
             request.remaining -= 1
             touched[request] = None
@@ -495,21 +656,27 @@ class Batcher:
             request.inference_ns += elapsed
             if not request.started_ns:
                 request.started_ns = started
-            if request.remaining == 0:
+            if request.remaining == 0 and request.tokenized:
                 self._complete(request)
 
     def _batch_stats(self, size: int, tokens: int, padded: int, seconds: float) -> None:
         self.observer.batch_done(size, tokens, padded, seconds)
-        if seconds > 0:
+        if seconds > 0 and size > 0:
             rate = size / seconds
             self._rate = rate if self._rate <= 0 else 0.8 * self._rate + 0.2 * rate
+            per = seconds / size
+            self._window_s = per if self._window_s <= 0 else 0.9 * self._window_s + 0.1 * per
 
     def _complete(self, request: _Request) -> None:
         self._finish(request)
+        if len(request.windows) >= TRIM_AFTER_WINDOWS and self._tokenize_pool is not None:
+            self._tokenize_pool.submit(memory.trim)  # after a large call: give memory back
         if request.future.done():
             return
         try:
-            scores = self.engine.scores_from_logits(request.encoded, request.rows)
+            count = len(request.windows)
+            rows = {name: values[:count] for name, values in request.rows.items()}
+            scores = self.engine.scores_from_logits(request.encoded, rows)
         except Exception as exc:
             request.future.set_exception(exc)
             return

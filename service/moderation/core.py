@@ -98,15 +98,16 @@ class Core:
 
     async def score(
         self, texts: Sequence[str], *, truncation: str = "window", deadline: float | None = None,
-        model: str = "", language: str = "",
+        model: str = "", language: str = "", caller: str = "",
     ) -> tuple[list[Scored], ModerationTimings]:
-        """Raw per-task scores (no policy) of every text, in input order."""
+        """Raw per-task scores (no policy) of every text, in input order. `caller`: the
+        batchers' fair-queueing key ("" = per call)."""
         routes = await self.router.routes(texts, model=model, language=language)
         groups = _groups(routes)
         moderators = {name: self._moderator(name) for name in groups}
         parts = await all_or_nothing([
             moderators[name].score([texts[i] for i in indices], truncation=truncation,
-                                   deadline=deadline)
+                                   deadline=deadline, caller=caller)
             for name, indices in groups.items()
         ])
         scored: list[Scored | None] = [None] * len(texts)

@@ -39,6 +39,7 @@ from wacht.service.moderation.outcomes import (
 from wacht.service.moderation.policies import CategoryRule, Policy, PolicyStore, default_block
 from wacht.service.moderation.spans import SpanConfig, find_spans
 from wacht.service.moderation.taxonomy import CATEGORIES
+from wacht.service.observability.redact import path_key, shown
 
 if TYPE_CHECKING:
     from wacht.service.runtime.model_dir import Manifest
@@ -91,6 +92,9 @@ class ModerateOptions:
     raw_scores: bool = False
     truncation: Truncation = "window"
     deadline: float | None = None  # time.monotonic() based
+    # Fair-queueing key in the batcher: "" = each call its own flow; the same key (an
+    # authenticated caller, once there are API keys) = one flow shared by its calls.
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,8 @@ class Moderator:
         except KeyError:
             raise InvalidArgument(
                 "policy",
-                f"unknown policy '{options.policy}' (loaded: {', '.join(self.policies.names())})",
+                f"unknown policy {shown(options.policy)} "
+                f"(loaded: {', '.join(self.policies.names())})",
             ) from None
         requested: list[str] = []
         for i, category in enumerate(options.categories):
@@ -165,7 +170,7 @@ class Moderator:
                 requested.append(category)
         rules = {c: self._base_rule(policy, c) for c in self.categories}
         for category, override in options.overrides.items():
-            where = f"threshold_overrides[{category}]"
+            where = f"threshold_overrides[{path_key(category)}]"
             self._check_category(where, category)
             rules[category] = self._apply(where, policy, rules[category], override)
         if requested:
@@ -177,12 +182,12 @@ class Moderator:
     def _check_category(self, where: str, category: str) -> None:
         if category not in CATEGORIES:
             raise InvalidArgument(
-                where, f"unknown category '{category}' (known: {', '.join(CATEGORIES)})"
+                where, f"unknown category {shown(category)} (known: {', '.join(CATEGORIES)})"
             )
         if category not in self._category_labels:
             raise InvalidArgument(
                 where,
-                f"category '{category}' is not scored by model '{self.manifest.name}' "
+                f"category {shown(category)} is not scored by model '{self.manifest.name}' "
                 f"(it scores: {', '.join(self.categories)})",
             )
 
@@ -232,11 +237,12 @@ class Moderator:
 
     async def score(
         self, texts: Sequence[str], *, truncation: Truncation = "window",
-        deadline: float | None = None,
+        deadline: float | None = None, caller: str = "",
     ) -> tuple[list[Any], Any]:
         """Raw per-task scores through this model's batcher (TextScores, BatchTimings)."""
         return await self.batcher.score(
-            list(texts), truncation=truncation, deadline=deadline, max_windows=self.max_windows
+            list(texts), truncation=truncation, deadline=deadline, max_windows=self.max_windows,
+            caller=caller,
         )
 
     async def moderate(
@@ -250,7 +256,8 @@ class Moderator:
         if not texts:
             return [], timings, plan.policy.name
         scores, batch_timings = await self.score(
-            texts, truncation=options.truncation, deadline=options.deadline
+            texts, truncation=options.truncation, deadline=options.deadline,
+            caller=options.caller,
         )
         timings.add(batch_timings)
         outcomes = [self._outcome(s, plan, options) for s in scores]
@@ -285,7 +292,8 @@ class Moderator:
         plan = self.resolve(options)
         timings = ModerationTimings()
         scores, batch_timings = await self.score(
-            [text], truncation=options.truncation, deadline=options.deadline
+            [text], truncation=options.truncation, deadline=options.deadline,
+            caller=options.caller,
         )
         timings.add(batch_timings)
         outcome = self._outcome(scores[0], plan, options)
@@ -376,7 +384,8 @@ class Moderator:
 
         async def rescore(variants: list[str]) -> list[dict[str, float]]:
             scores, batch_timings = await self.score(
-                variants, truncation=truncation, deadline=options.deadline
+                variants, truncation=truncation, deadline=options.deadline,
+                caller=options.caller,
             )
             timings.add(batch_timings, tokens=False)
             timings.span_variants += len(variants)
@@ -487,7 +496,8 @@ class Moderator:
         """The rewrite if it passes the same policy; '' if it would itself be flagged."""
         try:
             scores, batch_timings = await self.score(
-                [rewrite], truncation="window", deadline=options.deadline
+                [rewrite], truncation="window", deadline=options.deadline,
+                caller=options.caller,
             )
         except Exception as exc:
             log.warning("rewrite_check_failed", error=type(exc).__name__)

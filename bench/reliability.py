@@ -1,0 +1,292 @@
+"""Overload, recovery, fairness and memory of a real `wacht serve` (a subprocess), measured.
+
+    python -m bench.reliability [--seconds 10] [--factor 5] [--only overload,fairness,memory]
+        [--env KEY=VALUE ...]   # server settings, e.g. --env WACHT_BATCHING__MAX_QUEUE_WAIT_MS=0
+
+1. Capacity: closed loop, one short text per Moderate call, concurrency 16 (calls/s), and
+   the unloaded latency (concurrency 1, p50/p99).
+2. Overload: open loop at `factor` x capacity for `seconds` (every call with a 10 s
+   deadline): the code mix (OK / RESOURCE_EXHAUSTED / other), p50/p99 of the OK calls, OK
+   throughput against capacity, how long the RESOURCE_EXHAUSTED took to arrive and what
+   their RetryInfo said; then recovery: time from the end of the overload until a lone call
+   is back within 2x the unloaded p99 (five in a row).
+3. Fairness: one call of 256 texts x 64 KB while a polite client sends one short call every
+   200 ms: the polite calls' p50/max latency and the big call's time; then a greedy client
+   with twelve 256-text calls at a time against the same polite client.
+4. Memory: server RSS idle, after one and after three 256 x 64 KB calls at once, and 5 s
+   later (pass --env WACHT_BATCHING__MAX_CALL_WINDOWS=0: the default cost cap refuses them).
+
+The load generator shares the machine with the server (2 cores here): compare runs made
+one after another on a quiet machine, never against fixed numbers. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.load import DEFAULT_MODEL, ServerProcess
+
+SHORT = [
+    "thanks, that was helpful",
+    "you are an idiot and everyone knows it",
+    "the weather in the park was lovely today",
+    "I will find you and hurt you",
+    "what a great film, I loved the ending",
+    "shut up, nobody asked you",
+]
+DEADLINE_S = 10.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def long_text(seed: int, size: int = 65000) -> str:
+    rng = random.Random(seed)
+    words = " ".join(rng.choice(SHORT) for _ in range(size // 20))
+    return words[:size]
+
+
+@dataclass
+class Outcome:
+    sent: float
+    seconds: float
+    code: str
+    retry_s: float | None = None
+
+
+@dataclass
+class Mix:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def codes(self) -> Counter[str]:
+        return Counter(o.code for o in self.outcomes)
+
+    def ok_ms(self) -> list[float]:
+        return [o.seconds * 1000 for o in self.outcomes if o.code == "OK"]
+
+
+def _retry_s(error: Any) -> float | None:
+    from google.rpc import error_details_pb2
+
+    from wacht.client import error_details
+
+    for detail in error_details(error):
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            return detail.retry_delay.seconds + detail.retry_delay.nanos / 1e9
+    return None
+
+
+async def one_call(client: Any, texts: list[str], timeout: float = DEADLINE_S) -> Outcome:
+    import grpc
+
+    sent = time.perf_counter()
+    try:
+        await client.moderate(texts, timeout=timeout)
+        return Outcome(sent, time.perf_counter() - sent, "OK")
+    except grpc.aio.AioRpcError as exc:
+        return Outcome(sent, time.perf_counter() - sent, exc.code().name, _retry_s(exc))
+
+
+async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
+    from wacht.client import AsyncWachtClient
+
+    mix = Mix()
+    async with AsyncWachtClient(address) as client:
+        stop = time.perf_counter() + seconds
+        counter = 0
+
+        async def worker() -> None:
+            nonlocal counter
+            while time.perf_counter() < stop:
+                counter += 1
+                mix.outcomes.append(await one_call(client, [SHORT[counter % len(SHORT)]]))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return mix
+
+
+async def open_loop(address: str, rate: float, seconds: float) -> tuple[Mix, float]:
+    """`rate` calls/s for `seconds`, each on its own task; returns the mix and the time the
+    last call was sent (perf_counter)."""
+    from wacht.client import AsyncWachtClient
+
+    mix = Mix()
+    tasks: list[asyncio.Task] = []
+    channels = 4  # several connections, as many clients would have
+    clients = [AsyncWachtClient(address) for _ in range(channels)]
+    try:
+        started = time.perf_counter()
+        sent = 0
+        while True:
+            now = time.perf_counter()
+            if now - started >= seconds:
+                break
+            due = int((now - started) * rate)
+            while sent < due:
+                client = clients[sent % channels]
+                tasks.append(asyncio.create_task(one_call(client, [SHORT[sent % len(SHORT)]])))
+                sent += 1
+            await asyncio.sleep(0.001)
+        last_sent = time.perf_counter()
+        mix.outcomes = list(await asyncio.gather(*tasks))
+        return mix, last_sent
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def recovery(address: str, since: float, normal_ms: float, limit_s: float = 30.0) -> float:
+    """Seconds from `since` until five lone calls in a row finish within `normal_ms`."""
+    from wacht.client import AsyncWachtClient
+
+    good = 0
+    async with AsyncWachtClient(address) as client:
+        while time.perf_counter() - since < limit_s:
+            outcome = await one_call(client, [SHORT[0]], timeout=limit_s)
+            good = good + 1 if outcome.code == "OK" and outcome.seconds * 1000 <= normal_ms else 0
+            if good == 5:
+                return time.perf_counter() - since
+    return float("inf")
+
+
+async def bench_overload(address: str, seconds: float, factor: float) -> None:
+    await closed_loop(address, 4, 1.0)  # warm up
+    capacity_mix = await closed_loop(address, 16, 5.0)
+    capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
+    idle = await closed_loop(address, 1, 3.0)
+    unloaded = idle.ok_ms()
+    print(f"capacity: {capacity:.0f} calls/s (c=16, {dict(capacity_mix.codes())}); "
+          f"unloaded p50 {pct(unloaded, .5):.1f} ms p99 {pct(unloaded, .99):.1f} ms", flush=True)
+    rate = capacity * factor
+    mix, last_sent = await open_loop(address, rate, seconds)
+    # recovery starts when the offered load stops, measured after the in-flight calls ended
+    codes = mix.codes()
+    total = sum(codes.values())
+    ok = mix.ok_ms()
+    shed = [o for o in mix.outcomes if o.code == "RESOURCE_EXHAUSTED"]
+    ok_or_shed = (codes["OK"] + codes["RESOURCE_EXHAUSTED"]) / max(1, total)
+    print(f"overload {factor:g}x ({rate:.0f} calls/s offered for {seconds:g} s, {total} calls): "
+          f"codes {dict(codes)}; OK or RESOURCE_EXHAUSTED {ok_or_shed:.1%}", flush=True)
+    print(f"  OK p50 {pct(ok, .5):.1f} ms p99 {pct(ok, .99):.1f} ms "
+          f"(= {pct(ok, .99) / max(pct(unloaded, .99), 1e-9):.1f}x unloaded p99); "
+          f"OK throughput {codes['OK'] / seconds:.0f}/s "
+          f"= {codes['OK'] / seconds / max(capacity, 1e-9):.0%} of capacity", flush=True)
+    if shed:
+        waits = [o.seconds * 1000 for o in shed]
+        retries = [o.retry_s for o in shed if o.retry_s is not None]
+        print(f"  RESOURCE_EXHAUSTED arrived after p50 {pct(waits, .5):.1f} ms "
+              f"p99 {pct(waits, .99):.1f} ms; RetryInfo p50 {pct(retries, .5):.3f} s "
+              f"max {max(retries, default=float('nan')):.3f} s", flush=True)
+    seconds_to_normal = await recovery(address, last_sent, 2 * pct(unloaded, .99))
+    print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
+          f"were within 2x the unloaded p99", flush=True)
+
+
+async def bench_fairness(address: str) -> None:
+    from wacht.client import AsyncWachtClient
+
+    big = [long_text(i) for i in range(256)]
+    async with AsyncWachtClient(address, timeout=600) as client:
+        polite: list[Outcome] = []
+        big_task = asyncio.create_task(one_call(client, big, timeout=600))
+        await asyncio.sleep(0.5)
+        while not big_task.done():
+            polite.append(await one_call(client, [SHORT[1]]))
+            await asyncio.sleep(0.2)
+        result = big_task.result()
+        ms = [o.seconds * 1000 for o in polite if o.code == "OK"]
+        print(f"fairness: one 256 x 64 KB call {result.code} in {result.seconds:.1f} s; "
+              f"{len(polite)} polite calls meanwhile: {Counter(o.code for o in polite)} "
+              f"p50 {pct(ms, .5):.0f} ms max {max(ms, default=float('nan')):.0f} ms", flush=True)
+
+        polite = []
+        stop = asyncio.Event()
+
+        async def greedy() -> Counter[str]:
+            seen: Counter[str] = Counter()
+            texts = [long_text(i, 2000) for i in range(256)]
+            while not stop.is_set():
+                batch = await asyncio.gather(*(one_call(client, texts, 60) for _ in range(12)))
+                seen.update(o.code for o in batch)
+            return seen
+
+        greedy_task = asyncio.create_task(greedy())
+        started = time.perf_counter()
+        while time.perf_counter() - started < 15:
+            polite.append(await one_call(client, [SHORT[2]]))
+            await asyncio.sleep(0.2)
+        stop.set()
+        greedy_codes = await greedy_task
+        ms = [o.seconds * 1000 for o in polite if o.code == "OK"]
+        print(f"  greedy (12 x 256 texts x 2 KB at a time) {dict(greedy_codes)}; polite (5/s) "
+              f"{dict(Counter(o.code for o in polite))} p50 {pct(ms, .5):.0f} ms "
+              f"p99 {pct(ms, .99):.0f} ms", flush=True)
+
+
+async def bench_memory(address: str, pid: int) -> None:
+    from wacht.client import AsyncWachtClient
+
+    idle = rss_mb(pid)
+    big = [long_text(i) for i in range(256)]
+    async with AsyncWachtClient(address, timeout=900) as client:
+        for calls in (1, 3):
+            started = time.perf_counter()
+            outcomes = await asyncio.gather(*(one_call(client, big, 900) for _ in range(calls)))
+            took = time.perf_counter() - started
+            after = rss_mb(pid)
+            await asyncio.sleep(5)
+            later = rss_mb(pid)
+            print(f"memory: RSS idle {idle:.0f} MB; {calls} x (256 x 64 KB) at once "
+                  f"({dict(Counter(o.code for o in outcomes))}, {took:.0f} s) -> {after:.0f} MB, "
+                  f"{later:.0f} MB 5 s later", flush=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    env = dict(item.split("=", 1) for item in args.env)
+    server = ServerProcess(Path(args.model), env)
+    try:
+        await server.wait_serving()
+        only = set(args.only.split(","))
+        if "overload" in only:
+            await bench_overload(server.address, args.seconds, args.factor)
+        if "fairness" in only:
+            await bench_fairness(server.address)
+        if "memory" in only:
+            await bench_memory(server.address, server.process.pid)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--factor", type=float, default=5.0)
+    parser.add_argument("--only", default="overload,fairness,memory")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    args = parser.parse_args(argv)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
