@@ -166,11 +166,16 @@ def test_one_key_flooding_does_not_starve_another(server: Any) -> None:
                 started = time.monotonic()
                 assert len(calm.moderate(texts).results) == 16  # never refused
                 latencies.append(time.monotonic() - started)
+        # The autoscaling gauge sees the load (the flood's 2 admitted calls of 16 texts).
+        inflight = [metric_value(server.metrics_text(), "wacht_inflight_texts")
+                    for _ in range(30)]
     finally:
         stop.set()
         for t in threads:
             t.join(30)
     assert outcomes["exhausted"] > 0 and outcomes["ok"] > 0 and outcomes["other"] == 0
+    assert max(inflight) >= 16 and max(inflight) <= 2 * 16
+    assert metric_value(server.metrics_text(), "wacht_inflight_texts") == 0
     median = sorted(latencies)[len(latencies) // 2]
     # The flood holds at most 2 calls in the server; calm's median call waits behind at
     # most those (2 cores shared with the flooding client threads).
