@@ -161,6 +161,9 @@ class WachtServer:
             metrics_port=self.metrics_port or None,
             config=self.config.source,
         )
+        if self.guard.enforcing and not self.config.tls.enabled:
+            log.warning("API keys are checked but the port is plaintext: keys cross the "
+                        "network in clear unless a proxy or mesh terminates TLS in front")
         if load_models:
             self._load_task = asyncio.create_task(self.load_models())
         return self.port
