@@ -6,6 +6,11 @@ wacht analyze "text" ... [--task NAME]
 wacht health [--service NAME] [--watch]
 wacht models list | info [NAME]
 wacht models import|eval|build|export-hf ...   (the model factory, models.cli)
+wacht keys add NAME --file CALLERS.yaml [--methods ...] [--texts-per-second N] ...
+wacht keys hash < key
+
+Client commands take --ca / --cert / --key (TLS, mTLS), --server-name, and an API key from
+$WACHT_API_KEY or --api-key-file.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from wacht.client import DEFAULT_ADDRESS
@@ -30,9 +37,62 @@ def _print(message: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _client(args: argparse.Namespace) -> Any:
+    """A WachtClient with the command's address, deadline, TLS options and API key."""
+    from wacht.client import WachtClient
+
+    key = os.environ.get("WACHT_API_KEY") or None
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+    return WachtClient(
+        args.address,
+        timeout=args.timeout,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
+        tls=True if args.tls else None,
+        server_name=args.server_name,
+        api_key=key,
+    )
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from wacht.service.security.keys import KeysFileError, add_caller, generate_key, hash_key
+
+    if args.keys_command == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("wacht: give the key on stdin", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
+    key = generate_key()
+    entry: dict[str, Any] = {"name": args.name, "key_sha256": [hash_key(key)]}
+    if args.methods:
+        entry["methods"] = args.methods
+    if args.models:
+        entry["models"] = args.models
+    if args.texts_per_second:
+        entry["texts_per_second"] = args.texts_per_second
+    if args.burst:
+        entry["burst_texts"] = args.burst
+    if args.max_concurrent:
+        entry["max_concurrent_calls"] = args.max_concurrent
+    try:
+        add_caller(Path(args.file), entry)
+    except (KeysFileError, OSError) as exc:
+        print(f"wacht: {exc}", file=sys.stderr)
+        return 2
+    print(f"added a key for {args.name!r} to {args.file}; it is shown only now:", file=sys.stderr)
+    print(key)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from wacht.service.config import ConfigError, load_config
     from wacht.service.observability.logging import configure_logging
+    from wacht.service.security.keys import KeysFileError
+    from wacht.service.security.tls import TlsFilesError
 
     try:
         config = load_config(args.config)
@@ -44,6 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(config))
+    except (KeysFileError, TlsFilesError) as exc:
+        print(f"wacht: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"wacht: {exc}", file=sys.stderr)
         return 1
@@ -58,9 +121,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def _moderate(args: argparse.Namespace) -> int:
-    from wacht.client import WachtClient
-
-    with WachtClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         _print(
             client.moderate(
                 _texts(args),
@@ -77,9 +138,7 @@ def _moderate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from wacht.client import WachtClient
-
-    with WachtClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         _print(client.analyze(
             _texts(args), model=args.model, tasks=args.task or (), language=args.language
         ))
@@ -89,10 +148,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2
 
-    from wacht.client import WachtClient
-
     name = health_pb2.HealthCheckResponse.ServingStatus.Name
-    with WachtClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         if args.watch:
             for status in client.watch_health(args.service, timeout=None, wait_for_ready=True):
                 print(name(status), flush=True)
@@ -111,9 +168,7 @@ def _model_factory(argv: list[str]) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from wacht.client import WachtClient
-
-    with WachtClient(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         if args.models_command == "list":
             _print(client.list_models())
         else:
@@ -128,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", default=DEFAULT_ADDRESS, help="server host:port")
         p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        p.add_argument("--ca", help="CA bundle (PEM) to verify the server: turns TLS on")
+        p.add_argument("--tls", action="store_true", help="TLS with the system CA roots")
+        p.add_argument("--cert", help="client certificate (PEM), for mTLS")
+        p.add_argument("--key", help="client private key (PEM), for mTLS")
+        p.add_argument("--server-name", help="expected name in the server certificate")
+        p.add_argument("--api-key-file", help="file holding the API key (else $WACHT_API_KEY)")
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", help="YAML config file (default: $WACHT_CONFIG, then defaults)")
@@ -163,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("name", nargs="?", default="")
     for name in MODEL_FACTORY_COMMANDS:
         msub.add_parser(name, help=f"model factory: {name} (see models.cli)", add_help=False)
+
+    keys = sub.add_parser("keys", help="API keys in a callers file (stored as sha256)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    add = ksub.add_parser("add", help="make a key for NAME, store its hash, print it once")
+    add.add_argument("name")
+    add.add_argument("--file", required=True, help="callers file (created if missing)")
+    add.add_argument("--methods", nargs="+", help="allowed methods (default: all)")
+    add.add_argument("--models", nargs="+", help="allowed model names (default: all)")
+    add.add_argument("--texts-per-second", type=float, default=0, help="0 = no limit")
+    add.add_argument("--burst", type=float, default=0, help="bucket size in texts")
+    add.add_argument("--max-concurrent", type=int, default=0, help="0 = no limit")
+    ksub.add_parser("hash", help="print the sha256 of the key read from stdin")
     return parser
 
 
@@ -182,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "health":
             return _health(args)
+        if args.command == "keys":
+            return _keys(args)
         return _models(args)
     except grpc.RpcError as exc:
-        from wacht.client import error_details
+        from wacht.client import describe_error, error_details
 
-        print(f"wacht: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"wacht: {describe_error(exc)}", file=sys.stderr)
         for detail in error_details(exc):
             print(f"  {type(detail).__name__}: {detail}".rstrip(), file=sys.stderr)
         return 1

@@ -75,6 +75,33 @@ class LogConfig:
 
 
 @dataclass
+class TlsConfig:
+    """TLS on the gRPC port (both files set); `client_ca_file` adds mTLS."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Client CA bundle: a client certificate signed by it is required (mTLS), and its
+    # subject becomes the caller's identity.
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass
+class AuthConfig:
+    """API keys and per-caller rights and quotas (see service/security/keys.py)."""
+
+    # The callers file (YAML/JSON, keys stored as sha256); unset = no API keys.
+    keys_file: Path | None = None
+    # Server reflection without a key (health is always open).
+    open_reflection: bool = True
+    # How often (at most) the callers file is checked for changes.
+    reload_interval_s: float = 1.0
+
+
+@dataclass
 class Config:
     address: str = "127.0.0.1:50051"
     metrics_host: str = "127.0.0.1"
@@ -96,7 +123,20 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # Plaintext listener serving only grpc.health.v1 (for Kubernetes gRPC probes, which
+    # cannot speak TLS). Empty = none without TLS, 127.0.0.1:50052 with TLS.
+    health_address: str = ""
+    # Close each client connection after this long (plus a grace of the same length for
+    # its calls), so clients re-resolve and spread over new replicas; 0 = never.
+    max_connection_age_s: float = 0.0
     source: str = "defaults"
+
+    def health_listen_address(self) -> str:
+        if self.health_address:
+            return self.health_address
+        return "127.0.0.1:50052" if self.tls.enabled else ""
 
     def threads(self) -> tuple[int, int]:
         """(forwards at once, onnxruntime intra-op threads per forward), zeros resolved.
@@ -239,9 +279,28 @@ def _validate(config: Config) -> None:
     def fail(key: str, problem: str) -> None:
         raise ConfigError(f"{config.source}: {key}: {problem}")
 
-    host, sep, port = config.address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        fail("address", f"expected host:port, got {config.address!r}")
+    for key in ("address", "health_address"):
+        value = getattr(config, key)
+        if key == "health_address" and not value:
+            continue
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            fail(key, f"expected host:port, got {value!r}")
+    if config.max_connection_age_s < 0:
+        fail("max_connection_age_s", "must be >= 0")
+    tls = config.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        fail("tls", "cert_file and key_file go together")
+    if tls.client_ca_file is not None and tls.cert_file is None:
+        fail("tls.client_ca_file", "needs tls.cert_file and tls.key_file (mTLS is TLS)")
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, key)
+        if path is not None and not resolve_path(path).is_file():
+            fail(f"tls.{key}", f"{path} is not a file")
+    if config.auth.keys_file is not None and not resolve_path(config.auth.keys_file).is_file():
+        fail("auth.keys_file", f"{config.auth.keys_file} is not a file")
+    if config.auth.reload_interval_s < 0:
+        fail("auth.reload_interval_s", "must be >= 0")
     if not 0 <= config.metrics_port < 65536:
         fail("metrics_port", f"must be 0..65535, got {config.metrics_port}")
     if not config.models:
@@ -321,6 +380,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config.policies_dir = rebase(config.policies_dir)
         config.explainer_dir = rebase(config.explainer_dir)
         config.routing.language_model = rebase(config.routing.language_model)
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            setattr(config.tls, key, rebase(getattr(config.tls, key)))
+        config.auth.keys_file = rebase(config.auth.keys_file)
     config.log.level = config.log.level.lower()
     _validate(config)
     return config

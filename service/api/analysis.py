@@ -66,12 +66,13 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
         truncation = check_truncation(request.truncation, v)
         language = check_language(request.language, v, "language")
         v.raise_if_any()
-        self.state.metrics.texts.labels(call.method).inc(len(texts))
-        log.debug("analyze", texts=texts_summary(texts))
-        scored, timings = await target.core.score(
-            texts, truncation=truncation, deadline=call.deadline, model=request.model,
-            language=language,
-        )
+        with call.admit([m.name for m in target.models], len(texts)):
+            self.state.metrics.texts.labels(call.method).inc(len(texts))
+            log.debug("analyze", texts=texts_summary(texts))
+            scored, timings = await target.core.score(
+                texts, truncation=truncation, deadline=call.deadline, model=request.model,
+                language=language,
+            )
         refs, common = model_refs(self.state, [s.model for s in scored])
         results = []
         for text_id, item, ref in zip(ids, scored, refs, strict=True):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from wacht.service.api import errors
+from wacht.service.api.tls import peer_identity
 from wacht.service.batching.batcher import (
     BatcherClosed,
     CallTooLarge,
@@ -22,6 +24,16 @@ from wacht.service.batching.batcher import (
 from wacht.service.moderation.moderator import InvalidArgument
 from wacht.service.observability.logging import bind_request, clear_request, get_logger
 from wacht.service.runtime.engine import TextTooLong
+from wacht.service.security import (
+    Caller,
+    Guard,
+    PermissionDenied,
+    QuotaExceeded,
+    SecurityError,
+    Unauthenticated,
+)
+from wacht.service.security.guard import ANONYMOUS, OPEN_ENTRY
+from wacht.service.security.quotas import Ticket
 
 if TYPE_CHECKING:
     from wacht.service.api.state import ServingState
@@ -32,6 +44,13 @@ REQUEST_ID_KEY = "x-request-id"
 # A client's x-request-id is kept (it is the key that ties its logs to ours) only in this
 # shape; anything else is replaced by a fresh id, so logs never carry free client text.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+UNAUTHENTICATED = "unauthenticated"  # the caller label of calls that failed authentication
+Admitter = Callable[["Call", Sequence[str], int], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def _admit_anything(call: Call, models: Sequence[str], texts: int) -> Iterator[None]:
+    yield
 
 
 @dataclass
@@ -40,15 +59,30 @@ class Call:
     request_id: str
     deadline: float | None  # time.monotonic() based, None = no deadline
     started: float
+    # Who is calling (its `name` is what a batcher's per-caller fairness keys on).
+    caller: Caller = field(default_factory=lambda: Caller(ANONYMOUS, OPEN_ENTRY))
+    admitter: Admitter = _admit_anything
+    ticket: Ticket | None = None  # the caller's concurrent-call slot, released at the end
 
     def elapsed_ns(self) -> int:
         return int((time.monotonic() - self.started) * 1e9)
+
+    def admit(self, models: Sequence[str], texts: int) -> contextlib.AbstractContextManager[None]:
+        """Before scoring: may the caller use `models`, and has it `texts` texts/s left?
+        (PermissionDenied / QuotaExceeded). While the block runs the texts are in flight."""
+        return self.admitter(self, models, texts)
 
 
 def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
     """Map an exception from any layer to the error the client sees."""
     if isinstance(exc, errors.ApiError):
         return exc
+    if isinstance(exc, QuotaExceeded):
+        return errors.quota_exceeded(exc.message, exc.retry_after_s, exc.subject, exc.description)
+    if isinstance(exc, PermissionDenied):
+        return errors.ApiError(grpc.StatusCode.PERMISSION_DENIED, exc.message)
+    if isinstance(exc, Unauthenticated | SecurityError):
+        return errors.ApiError(grpc.StatusCode.UNAUTHENTICATED, exc.message)
     if isinstance(exc, InvalidArgument):
         return errors.invalid_argument([(field_prefix + exc.field, exc.description)])
     if isinstance(exc, QueueFull):
@@ -116,31 +150,59 @@ async def _abort(
     await context.abort(status.code, status.details, metadata)
 
 
+def metadata_dict(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
 class CallRunner:
     """Runs servicer bodies with the shared bookkeeping; one per server."""
 
-    def __init__(self, state: ServingState) -> None:
+    def __init__(self, state: ServingState, guard: Guard | None = None) -> None:
         self.state = state
+        self.guard = guard or Guard(None)
 
-    def _begin(
-        self, method: str, context: grpc.aio.ServicerContext, needs_models: bool,
-        sheds: bool = False,
-    ) -> Call:
-        call = Call(method, _request_id(context), _deadline(context), time.monotonic())
-        bind_request(call.request_id, method)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+    def _identify(self, method: str, context: grpc.aio.ServicerContext) -> Call:
+        """Request id and caller (Unauthenticated raises here: the call has no caller)."""
+        request_id = _request_id(context)
+        bind_request(request_id, method)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        caller = self.guard.authenticate(metadata_dict(context), peer_identity(context))
+        bind_request(request_id, method, caller.name)
+        return Call(method, request_id, _deadline(context), time.monotonic(), caller,
+                    self._admit)
+
+    def _begin(self, call: Call, needs_models: bool, sheds: bool = False) -> None:
+        """May this caller call this method now (rights, server state, estimated wait,
+        concurrent calls)?"""
+        self.guard.authorize(call.caller, call.method)
         admission = self.state.admission_error(needs_models)
         if admission is not None:
             raise admission
         if sheds:
             self.state.shed(call.deadline)
-        return call
+        call.ticket = self.guard.enter(call.caller)
+
+    @contextlib.contextmanager
+    def _admit(self, call: Call, models: Sequence[str], texts: int) -> Iterator[None]:
+        self.guard.charge(call.caller, models, texts)
+        metrics = self.state.metrics
+        metrics.caller_texts.labels(call.caller.name).inc(texts)
+        metrics.inflight_texts.inc(texts)
+        try:
+            yield
+        finally:
+            metrics.inflight_texts.dec(texts)
 
     def _finish(
         self, call: Call | None, method: str, code: grpc.StatusCode, started: float
     ) -> None:
         seconds = time.monotonic() - started
-        self.state.metrics.request_done(method, code.name, seconds)
+        metrics = self.state.metrics
+        metrics.request_done(method, code.name, seconds)
+        caller = call.caller.name if call is not None else UNAUTHENTICATED
+        metrics.caller_requests.labels(caller, code.name).inc()
+        if call is not None and call.ticket is not None:
+            call.ticket.release()
         log.debug("call done", code=code.name, ms=round(seconds * 1000, 2))
         clear_request()
 
@@ -158,9 +220,11 @@ class CallRunner:
         code = grpc.StatusCode.OK
         call = None
         self.state.call_started()
+        self.state.metrics.inflight_calls.inc()
         try:
             try:
-                call = self._begin(method, context, needs_models, sheds)
+                call = self._identify(method, context)
+                self._begin(call, needs_models, sheds)
                 return await body(call)
             except asyncio.CancelledError:
                 code = _cancel_code(call)
@@ -173,6 +237,7 @@ class CallRunner:
             raise AssertionError("unreachable")  # abort raises
         finally:
             self.state.call_finished()
+            self.state.metrics.inflight_calls.dec()
             self._finish(call, method, code, started)
 
     async def streaming(
@@ -186,12 +251,14 @@ class CallRunner:
         code = grpc.StatusCode.OK
         call = None
         self.state.call_started()
+        self.state.metrics.inflight_calls.inc()
         try:
             try:
-                call = self._begin(method, context, True, sheds)
+                call = self._identify(method, context)
+                self._begin(call, True, sheds)
                 async for item in body(call):
                     yield item
-                    bind_request(call.request_id, method)
+                    bind_request(call.request_id, method, call.caller.name)
                 if context.cancelled():  # the client went away: its reads simply ended
                     code = _cancel_code(call)
                 return
@@ -207,4 +274,5 @@ class CallRunner:
             await _abort(context, error, call)
         finally:
             self.state.call_finished()
+            self.state.metrics.inflight_calls.dec()
             self._finish(call, method, code, started)

@@ -95,6 +95,21 @@ def resource_exhausted(message: str, retry_after_s: float) -> ApiError:
     )
 
 
+def quota_exceeded(
+    message: str, retry_after_s: float, subject: str, description: str
+) -> ApiError:
+    """RESOURCE_EXHAUSTED with RetryInfo and a google.rpc.QuotaFailure violation."""
+    error = resource_exhausted(message, retry_after_s)
+    error.details.append(
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)
+            ]
+        )
+    )
+    return error
+
+
 def deadline_exceeded(message: str = "deadline exceeded before the texts were scored") -> ApiError:
     return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 

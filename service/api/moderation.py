@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -150,11 +151,12 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         language = check_language(request.language, v, "language")
         options = moderate_options(request, target.categories, target.policies, v, call.deadline)
         v.raise_if_any()
-        self.state.metrics.texts.labels(call.method).inc(len(texts))
-        log.debug("moderate", texts=texts_summary(texts))
-        outcomes, timings, policy = await target.core.moderate(
-            texts, options, model=request.model, language=language
-        )
+        with call.admit([m.name for m in target.models], len(texts)):
+            self.state.metrics.texts.labels(call.method).inc(len(texts))
+            log.debug("moderate", texts=texts_summary(texts))
+            outcomes, timings, policy = await target.core.moderate(
+                texts, options, model=request.model, language=language
+            )
         refs, common = model_refs(self.state, [o.model for o in outcomes])
         response = moderation_pb2.ModerateResponse(
             results=[
@@ -185,7 +187,9 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         reply = moderation_pb2.ModerateStreamResponse(
             message_id=message.message_id, sequence=sequence
         )
-        item = Call(call.method, f"{call.request_id}.{sequence}", call.deadline, time.monotonic())
+        item = dataclasses.replace(
+            call, request_id=f"{call.request_id}.{sequence}", started=time.monotonic()
+        )
         try:
             reply.response.CopyFrom(await self._moderate(message.request, item, "request."))
         except asyncio.CancelledError:
@@ -283,21 +287,22 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
                 as_moderate, target.categories, target.policies, v, call.deadline
             )
             v.raise_if_any()
-            self.state.metrics.texts.labels(call.method).inc(1)
-            text_id = request.text.id or "0"
-            events = target.core.explain_stream(
-                texts[0], options, model=request.model, language=language
-            )
-            async for event in events:
-                if isinstance(event, str):
-                    yield moderation_pb2.ExplainResponse(text_delta=event)
-                elif isinstance(event, ExplanationOutcome):
-                    yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
-                else:
-                    ref = model_ref(self.state.models[event.model])
-                    yield moderation_pb2.ExplainResponse(
-                        moderation=result_proto(text_id, event, ref)
-                    )
+            with call.admit([m.name for m in target.models], 1):
+                self.state.metrics.texts.labels(call.method).inc(1)
+                text_id = request.text.id or "0"
+                events = target.core.explain_stream(
+                    texts[0], options, model=request.model, language=language
+                )
+                async for event in events:
+                    if isinstance(event, str):
+                        yield moderation_pb2.ExplainResponse(text_delta=event)
+                    elif isinstance(event, ExplanationOutcome):
+                        yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
+                    else:
+                        ref = model_ref(self.state.models[event.model])
+                        yield moderation_pb2.ExplainResponse(
+                            moderation=result_proto(text_id, event, ref)
+                        )
 
         return body
 

@@ -4,8 +4,11 @@ Lifecycle: the port opens at once with every health service NOT_SERVING; models 
 warm up in the background, then health turns SERVING. A model that fails to load leaves
 health NOT_SERVING (the reason is logged and returned as UNAVAILABLE), and the process keeps
 answering health checks. SIGTERM/SIGINT: health NOT_SERVING at once, new calls UNAVAILABLE,
-in-flight calls finish within `shutdown_grace_s`, then the process exits. SIGHUP: policies
-are reloaded.
+in-flight calls finish within `shutdown_grace_s`, then the process exits. SIGHUP: policies,
+the callers file and the TLS certificate are reloaded (each also reloads on a file change).
+
+With TLS on, a second, plaintext listener (`health_address`) serves only grpc.health.v1,
+for probes that cannot speak TLS.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from grpc_reflection.v1alpha import reflection
 
 from wacht.service.api.analysis import AnalysisServicer
 from wacht.service.api.calls import CallRunner
+from wacht.service.api.gate import ReflectionGate
 from wacht.service.api.handlers import add_servicer
 from wacht.service.api.models import ModelsServicer
 from wacht.service.api.moderation import ModerationServicer
 from wacht.service.api.state import ServedModel, ServingState
+from wacht.service.api.tls import server_credentials
 from wacht.service.batching.batcher import Batcher
 from wacht.service.config import Config
 from wacht.service.moderation.core import Core
@@ -35,6 +40,8 @@ from wacht.service.moderation.routing import Router, RoutingTable
 from wacht.service.observability.logging import get_logger
 from wacht.service.observability.metrics import Metrics
 from wacht.service.runtime.engine import Engine
+from wacht.service.security import Guard, KeyStore
+from wacht.service.security.tls import CertificateFiles
 from wacht.v1 import analysis_pb2, models_pb2, moderation_pb2
 
 log = get_logger("wacht.server")
@@ -47,10 +54,14 @@ class WachtServer:
         self.config = config
         self.metrics = Metrics()
         self.state = ServingState(config=config, metrics=self.metrics)
-        self.runner = CallRunner(self.state)
+        self.guard = self._guard()
+        self.runner = CallRunner(self.state, self.guard)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.certificates: CertificateFiles | None = None
         self.port = 0
+        self.health_port = 0
         self.metrics_port = 0
         self.service_names: list[str] = []
         self.loaded = asyncio.Event()
@@ -58,21 +69,65 @@ class WachtServer:
         self._stopped = asyncio.Event()
         self._stopping = False
 
+    def _guard(self) -> Guard:
+        """API keys from `auth.keys_file` (KeysFileError stops the start), else none."""
+        from wacht.service.config import resolve_path
+
+        auth = self.config.auth
+        keys = (
+            KeyStore.load(resolve_path(auth.keys_file), auth.reload_interval_s)
+            if auth.keys_file is not None
+            else None
+        )
+        return Guard(keys)
+
+    def _options(self) -> list[tuple[str, int]]:
+        options = [
+            ("grpc.max_receive_message_length", self._max_message_bytes()),
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),
+            # grpc core sheds calls the application has not taken yet: between a soft and a
+            # hard limit of pending calls (1000/3000 by default), at random, as CANCELLED,
+            # before Wacht sees them. Wacht's admission (by estimated wait: RESOURCE_EXHAUSTED
+            # with RetryInfo) is what answers excess calls; these limits are raised so that
+            # core only steps in far beyond.
+            ("grpc.server.max_pending_requests", 20000),
+            ("grpc.server.max_pending_requests_hard_limit", 40000),
+        ]
+        age_ms = int(self.config.max_connection_age_s * 1000)
+        if age_ms:
+            options += [
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", age_ms),
+            ]
+        return options
+
+    def _listen(self, server: grpc.aio.Server, address: str, secure: bool) -> int:
+        try:
+            if secure:
+                from wacht.service.config import resolve_path
+
+                tls = self.config.tls
+                assert tls.cert_file is not None and tls.key_file is not None
+                self.certificates = CertificateFiles(
+                    resolve_path(tls.cert_file),
+                    resolve_path(tls.key_file),
+                    resolve_path(tls.client_ca_file) if tls.client_ca_file else None,
+                )
+                port = server.add_secure_port(address, server_credentials(self.certificates))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc raises RuntimeError when the bind fails
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
     async def start(self, load_models: bool = True) -> int:
         """Open the port (health NOT_SERVING) and start loading models; return the port."""
+        gate = ReflectionGate(self.guard) if not self.config.auth.open_reflection else None
         server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self._max_message_bytes()),
-                ("grpc.so_reuseport", 0),
-                ("grpc.http2.bdp_probe", 0),
-                # grpc core sheds calls the application has not taken yet: between a soft
-                # and a hard limit of pending calls (1000/3000 by default), at random, as
-                # CANCELLED, before Wacht sees them. Wacht's admission (by estimated wait:
-                # RESOURCE_EXHAUSTED with RetryInfo) is what answers excess calls; these
-                # limits are raised so that core only steps in far beyond.
-                ("grpc.server.max_pending_requests", 20000),
-                ("grpc.server.max_pending_requests_hard_limit", 40000),
-            ]
+            options=self._options(), interceptors=[gate] if gate is not None else None
         )
         self.server = server
         files = (moderation_pb2.DESCRIPTOR, analysis_pb2.DESCRIPTOR, models_pb2.DESCRIPTOR)
@@ -90,12 +145,13 @@ class WachtServer:
         reflection.enable_server_reflection(
             (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        try:
-            self.port = server.add_insecure_port(self.config.address)
-        except RuntimeError as exc:  # grpc raises RuntimeError when the bind fails
-            raise OSError(f"cannot listen on {self.config.address}: {exc}") from exc
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.address}")
+        self.port = self._listen(server, self.config.address, self.config.tls.enabled)
+        health_address = self.config.health_listen_address()
+        if health_address:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self._listen(self.health_server, health_address, False)
+            await self.health_server.start()
         await server.start()
         if self.config.metrics_port:
             self.metrics_port = self.metrics.serve(
@@ -105,9 +161,16 @@ class WachtServer:
             "listening",
             address=self.config.address,
             port=self.port,
+            tls=self.config.tls.enabled,
+            mtls=self.config.tls.client_ca_file is not None,
+            api_keys=self.guard.enforcing,
+            health_port=self.health_port or None,
             metrics_port=self.metrics_port or None,
             config=self.config.source,
         )
+        if self.guard.enforcing and not self.config.tls.enabled:
+            log.warning("API keys are checked but the port is plaintext: keys cross the "
+                        "network in clear unless a proxy or mesh terminates TLS in front")
         if load_models:
             self._load_task = asyncio.create_task(self.load_models())
         return self.port
@@ -276,6 +339,14 @@ class WachtServer:
         for served in self.state.models.values():
             served.policies.reload()
 
+    def reload(self) -> None:
+        """SIGHUP: policies, callers file, TLS certificate (the next handshake uses it)."""
+        self.reload_policies()
+        if self.guard.keys is not None:
+            self.guard.keys.reload()
+        if self.certificates is not None:
+            self.certificates.request_reload()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls finish, then stop."""
         if self._stopping:
@@ -294,6 +365,8 @@ class WachtServer:
             log.warning("grace period over; cancelling calls", inflight=self.state.inflight)
         if self.server is not None:
             await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
+        if self.health_server is not None:
+            await self.health_server.stop(0.1)
         await self._stop_batchers()
         if self.state.explainer is not None:
             self.state.explainer.close()
@@ -314,11 +387,11 @@ class WachtServer:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads policies."""
+    """Run until SIGTERM/SIGINT; SIGHUP reloads policies, callers and certificates."""
     server = WachtServer(config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(server.stop()))
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(server.stop()))
-    loop.add_signal_handler(signal.SIGHUP, server.reload_policies)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
     await server.wait_stopped()

@@ -61,9 +61,12 @@ def texts_summary(texts: list[str], limit: int = 8) -> dict[str, Any]:
     }
 
 
-def bind_request(request_id: str, method: str) -> None:
+def bind_request(request_id: str, method: str, caller: str | None = None) -> None:
+    """Bind the call's id, method and (once known) caller name to every log line."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    if caller is not None:
+        structlog.contextvars.bind_contextvars(caller=caller)
 
 
 def clear_request() -> None:

@@ -90,6 +90,26 @@ class Metrics:
             "ModerateStream messages being worked on",
             registry=r,
         )
+        # Load per pod, for autoscaling (HPA through prometheus-adapter or KEDA).
+        self.inflight_calls = Gauge(
+            "wacht_inflight_calls", "Calls being worked on (all methods)", registry=r
+        )
+        self.inflight_texts = Gauge(
+            "wacht_inflight_texts",
+            "Texts admitted and not yet answered (queued or being scored)",
+            registry=r,
+        )
+        # `caller` is a configured caller name or anonymous / mtls / unauthenticated: a
+        # bounded set, never a key or a client-chosen string.
+        self.caller_requests = Counter(
+            "wacht_caller_requests",
+            "RPCs answered, by caller and status code",
+            ["caller", "code"],
+            registry=r,
+        )
+        self.caller_texts = Counter(
+            "wacht_caller_texts", "Texts admitted, by caller", ["caller"], registry=r
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -8,12 +8,25 @@ strings (ids become "0", "1", ...), a mapping id -> text, or `TextInput` message
         print(response.results[1].decision)
 
 Errors are `grpc.RpcError`; `error_status(err)` returns the `google.rpc.Status` with its
-details (BadRequest field violations, RetryInfo) and `error_details(err)` unpacks them.
+details (BadRequest field violations, RetryInfo, QuotaFailure) and `error_details(err)`
+unpacks them; `describe_error(err)` says in one line what went wrong (TLS handshakes too).
+
+TLS and keys:
+
+    WachtClient("wacht.example:50051", ca_file="ca.pem")                      # TLS
+    WachtClient(..., ca_file="ca.pem", cert_file="me.pem", key_file="me.key") # mTLS
+    WachtClient(..., api_key=os.environ["WACHT_API_KEY"])   # authorization: Bearer <key>
+
+Every channel the client makes uses `SERVICE_CONFIG` (round_robin over every address the
+name resolves to, retries of UNAVAILABLE); for Kubernetes point it at the headless Service,
+`dns:///wacht-headless.<namespace>.svc.cluster.local:50051`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -49,6 +62,29 @@ ANALYSES = {
     "sentiment": moderation_pb2.ANALYSIS_SENTIMENT,
 }
 MAX_MESSAGE_BYTES = 64 << 20
+# The client default service config (deploy/kubernetes/client-service-config.json is the
+# same, checked by a test): spread calls over every resolved address, and retry a call
+# that got UNAVAILABLE (a replica draining or gone) on another one. Every Wacht method is
+# safe to retry: none changes state.
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [
+                {"service": "wacht.v1.Moderation"},
+                {"service": "wacht.v1.Analysis"},
+                {"service": "wacht.v1.Models"},
+            ],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
 
 
 def text_inputs(texts: TextsArg) -> list[common_pb2.TextInput]:
@@ -178,20 +214,217 @@ def unpack_details(status: status_pb2.Status) -> list[Message]:
 
 
 def error_details(error: grpc.RpcError | status_pb2.Status) -> list[Message]:
-    """BadRequest / RetryInfo details of a failed call or of an in-stream error status."""
+    """BadRequest / RetryInfo / QuotaFailure details of a failed call or in-stream status."""
     status = error if isinstance(error, status_pb2.Status) else error_status(error)
     return unpack_details(status) if status is not None else []
 
 
-def _options() -> list[tuple[str, int]]:
-    return [
+# (substring of grpc's transport error, what it means for the person at the keyboard)
+_TLS_HINTS = (
+    ("CERTIFICATE_VERIFY_FAILED", "the server's certificate is not trusted by the CA given "
+     "(ca_file / --ca), has expired, or does not name this host"),
+    ("WRONG_VERSION_NUMBER", "the server does not speak TLS on this port (drop --ca), or it "
+     "is the plaintext health port"),
+    ("Socket closed", "the server closed the connection during the handshake: it may require "
+     "TLS, or a client certificate (mTLS: --cert/--key) it trusts and that has not expired"),
+    ("CERTIFICATE_REQUIRED", "the server requires a client certificate (mTLS: --cert/--key)"),
+    ("handshake", "the TLS handshake failed: check --ca, --cert and --key"),
+)
+
+
+def describe_error(error: grpc.RpcError) -> str:
+    """One line for a person: the code, the server's message, and for a failed TLS
+    handshake (UNAVAILABLE from the transport) the likely cause."""
+    code = error.code()  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
+    line = f"{code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        for needle, hint in _TLS_HINTS:
+            if needle.lower() in details.lower():
+                return f"{line} (TLS: {hint})"
+    return line
+
+
+def _options(service_config: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    if service_config:
+        options += [
+            ("grpc.service_config", json.dumps(service_config)),
+            ("grpc.enable_retries", 1),
+        ]
+    return options
+
+
+def _read(path: str | Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def channel_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials: `ca_file` (None = the system roots), and for mTLS the client
+    certificate and key."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together (mTLS)")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca_file),
+        private_key=_read(key_file),
+        certificate_chain=_read(cert_file),
+    )
+
+
+def _channel_args(
+    tls: bool | None,
+    ca_file: str | Path | None,
+    cert_file: str | Path | None,
+    key_file: str | Path | None,
+    server_name: str | None,
+    service_config: Mapping[str, Any] | None,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    options = _options(service_config)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    secure = tls if tls is not None else any(x is not None for x in (ca_file, cert_file))
+    return (channel_credentials(ca_file, cert_file, key_file) if secure else None), options
+
+
+class _KeyInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <key>` to every call of a blocking channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _Details(
+            details.method, details.timeout, (*(details.metadata or ()), *self.metadata),
+            details.credentials, getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(
+        self, method: str, timeout: Any, metadata: Any, credentials: Any,
+        wait_for_ready: Any, compression: Any,
+    ) -> None:
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+class _AsyncKey:
+    """The same for grpc.aio (one class per call kind, as grpc.aio requires)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout,
+            grpc.aio.Metadata(*(tuple(details.metadata or ()) + self.metadata)),
+            details.credentials, details.wait_for_ready,
+        )
+
+
+class _AsyncUU(_AsyncKey, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _AsyncUS(_AsyncKey, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _AsyncSU(_AsyncKey, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _AsyncSS(_AsyncKey, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def _key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def make_channel(
+    address: str,
+    *,
+    tls: bool | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+    server_name: str | None = None,
+    api_key: str | None = None,
+    service_config: Mapping[str, Any] | None = SERVICE_CONFIG,
+) -> grpc.Channel:
+    """A blocking channel: TLS when `tls` or a CA/certificate is given, the API key on
+    every call, and the default service config (None = grpc's defaults)."""
+    credentials, options = _channel_args(tls, ca_file, cert_file, key_file, server_name,
+                                         service_config)
+    channel = (
+        grpc.secure_channel(address, credentials, options=options)
+        if credentials is not None
+        else grpc.insecure_channel(address, options=options)
+    )
+    metadata = _key_metadata(api_key)
+    return grpc.intercept_channel(channel, _KeyInterceptor(metadata)) if metadata else channel
+
+
+def make_async_channel(
+    address: str,
+    *,
+    tls: bool | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+    server_name: str | None = None,
+    api_key: str | None = None,
+    service_config: Mapping[str, Any] | None = SERVICE_CONFIG,
+) -> grpc.aio.Channel:
+    """The grpc.aio channel of `make_channel`."""
+    credentials, options = _channel_args(tls, ca_file, cert_file, key_file, server_name,
+                                         service_config)
+    metadata = _key_metadata(api_key)
+    interceptors = [cls(metadata) for cls in (_AsyncUU, _AsyncUS, _AsyncSU, _AsyncSS)] \
+        if metadata else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options,
+                                       interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
 class WachtClient:
-    """Blocking client. `timeout` (seconds) is the default deadline of every call."""
+    """Blocking client. `timeout` (seconds) is the default deadline of every call; the
+    keyword options are those of `make_channel` (ignored when `channel` is given)."""
 
     def __init__(
         self,
@@ -199,10 +432,11 @@ class WachtClient:
         *,
         timeout: float | None = 30.0,
         channel: grpc.Channel | None = None,
+        **channel_options: Any,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = channel or grpc.insecure_channel(address, options=_options())
+        self.channel = channel or make_channel(address, **channel_options)
         self.moderation = moderation_pb2_grpc.ModerationStub(self.channel)
         self.analysis = analysis_pb2_grpc.AnalysisStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
@@ -297,10 +531,11 @@ class AsyncWachtClient:
         *,
         timeout: float | None = 30.0,
         channel: grpc.aio.Channel | None = None,
+        **channel_options: Any,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = channel or grpc.aio.insecure_channel(address, options=_options())
+        self.channel = channel or make_async_channel(address, **channel_options)
         self.moderation = moderation_pb2_grpc.ModerationStub(self.channel)
         self.analysis = analysis_pb2_grpc.AnalysisStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
