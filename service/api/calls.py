@@ -101,12 +101,15 @@ class CallRunner:
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext, needs_models: bool) -> Call:
         call = Call(method, _request_id(context), _deadline(context), time.monotonic())
-        bind_request(call.request_id, method)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        self._admit(call, needs_models)
+        return call
+
+    def _admit(self, call: Call, needs_models: bool) -> None:
+        bind_request(call.request_id, call.method)
         admission = self.state.admission_error(needs_models)
         if admission is not None:
             raise admission
-        return call
 
     def _finish(
         self, call: Call | None, method: str, code: grpc.StatusCode, started: float
@@ -116,20 +119,24 @@ class CallRunner:
         log.debug("call done", code=code.name, ms=round(seconds * 1000, 2))
         clear_request()
 
-    async def unary(
+    async def run(
         self,
         method: str,
-        context: grpc.aio.ServicerContext,
+        request_id: str,
+        deadline: float | None,
         body: Callable[[Call], Awaitable[T]],
         needs_models: bool = True,
     ) -> T:
+        """One unary call, whatever the transport: admission, metrics, logs; any failure is
+        raised as the ApiError the client sees. gRPC (`unary`) and HTTP (service/http) both
+        run their calls here."""
         started = time.monotonic()
         code = grpc.StatusCode.OK
-        call = None
+        call = Call(method, request_id, deadline, started)
         self.state.call_started()
         try:
             try:
-                call = self._begin(method, context, needs_models)
+                self._admit(call, needs_models)
                 return await body(call)
             except asyncio.CancelledError:
                 code = _cancel_code(call)
@@ -139,11 +146,27 @@ class CallRunner:
                 code = error.code
                 if code != grpc.StatusCode.INTERNAL:
                     log.info("call failed", code=code.name, error=error.message)
-            await _abort(context, error, call)
-            raise AssertionError("unreachable")  # abort raises
+            raise error
         finally:
             self.state.call_finished()
             self._finish(call, method, code, started)
+
+    async def unary(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[Call], Awaitable[T]],
+        needs_models: bool = True,
+    ) -> T:
+        request_id = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            return await self.run(method, request_id, _deadline(context), body, needs_models)
+        except errors.ApiError as error:
+            status = error.to_grpc_status()
+            metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
+            await context.abort(status.code, status.details, metadata)
+            raise AssertionError("unreachable") from None  # abort raises
 
     async def streaming(
         self,
