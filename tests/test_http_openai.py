@@ -50,6 +50,7 @@ def test_unknown_model_is_openai_404(sdk) -> None:  # noqa: ANN001
     assert caught.value.status_code == 404
     assert caught.value.code == "model_not_found"
     assert caught.value.type == "invalid_request_error"
+    assert caught.value.param == "model"
     assert "gpt-9-moderation" in caught.value.message
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +64,40 @@ def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
         )
     log.error("unhandled error", exc_info=exc)
     return errors.internal()
+
+
+def _loggable(error: errors.ApiError) -> dict[str, object]:
+    """What the log may say about an error: messages about bad fields quote client-chosen
+    names (policies, models, tasks), so for those only the field paths are logged."""
+    from google.rpc import error_details_pb2
+
+    bad = [d for d in error.details if isinstance(d, error_details_pb2.BadRequest)]
+    if not bad and error.code != grpc.StatusCode.INVALID_ARGUMENT:
+        return {"error": error.message}
+    return {"fields": [_field_path(v.field) for d in bad for v in d.field_violations][:10]}
+
+
+_SEGMENT = re.compile(r"([^.\[\]]*)((?:\[[^\]]*\])*)")
+
+
+def _field_path(path: str) -> str:
+    """A field path for the log: names that are identifiers and numeric indexes stay, any
+    other segment or map key (client-chosen, e.g. `threshold_overrides[<key>]`) becomes a
+    sha256 prefix."""
+    def safe(part: str) -> str:
+        if IDENTIFIER.fullmatch(part):
+            return part
+        return "#" + hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+    out = []
+    for name, keys in _SEGMENT.findall(path):
+        if not name and not keys:
+            continue
+        out.append(safe(name) + "".join(f"[{safe(k)}]" for k in re.findall(r"\[([^\]]*)\]", keys)))
+    return ".".join(out)
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}|\d{1,9}")
 
 
 def _cancel_code(call: Call | None) -> grpc.StatusCode:
@@ -145,7 +181,7 @@ class CallRunner:
                 error = to_api_error(exc)
                 code = error.code
                 if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                    log.info("call failed", code=code.name, **_loggable(error))
             raise error
         finally:
             self.state.call_finished()
@@ -192,7 +228,7 @@ class CallRunner:
                 error = to_api_error(exc)
                 code = error.code
                 if code != grpc.StatusCode.INTERNAL:
-                    log.info("call failed", code=code.name, error=error.message)
+                    log.info("call failed", code=code.name, **_loggable(error))
             await _abort(context, error, call)
         finally:
             self.state.call_finished()

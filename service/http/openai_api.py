@@ -96,13 +96,13 @@ class OpenAIModerations(Front):
             return self.models[name]
         if name in self.servicers.moderation.state.models:
             return name
-        raise OpenAIError(
-            grpc.StatusCode.NOT_FOUND,
+        message = (
             f"The model `{name[:64]}` does not exist; this server maps "
             f"{', '.join(sorted(self.models))} and serves "
-            f"{', '.join(sorted(self.servicers.moderation.state.models))}",
-            openai_code="model_not_found",
+            f"{', '.join(sorted(self.servicers.moderation.state.models))}"
         )
+        details = errors.invalid_argument([("model", message)]).details
+        raise OpenAIError(grpc.StatusCode.NOT_FOUND, message, details, "model_not_found")
 
     @staticmethod
     def _texts(value: Any) -> tuple[list[str], bool]:
