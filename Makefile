@@ -25,7 +25,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/wacht serve
+	$(VENV)/bin/wacht serve --http 127.0.0.1:8080
 
 # Train-env tests first: they build the explainer that the serving tests then use.
 test: test-train test-serve

@@ -1,6 +1,6 @@
 """`wacht`: run the server, call it, and manage models.
 
-wacht serve [--config FILE]
+wacht serve [--config FILE] [--http HOST:PORT]
 wacht moderate "text" ... [--explain evidence|generative] [--policy NAME] [--spans]
 wacht analyze "text" ... [--task NAME]
 wacht health [--service NAME] [--watch]
@@ -94,8 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
     from wacht.service.security.keys import KeysFileError
     from wacht.service.security.tls import TlsFilesError
 
+    env = dict(os.environ)
+    if args.http:  # the flag wins over the file and WACHT_HTTP__ADDRESS, and is validated alike
+        env["WACHT_HTTP__ADDRESS"] = args.http
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, env=env)
     except ConfigError as exc:
         print(f"wacht: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -192,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", help="YAML config file (default: $WACHT_CONFIG, then defaults)")
+    serve.add_argument(
+        "--http", metavar="HOST:PORT", help="also serve HTTP/JSON here (overrides http.address)"
+    )
 
     moderate = sub.add_parser("moderate", help="moderate texts (prints JSON)")
     client_args(moderate)

@@ -66,6 +66,31 @@ class RoutingConfig:
     detect: bool = True
 
 
+# OpenAI moderation model names a client may send, each mapped to a served model ("" = the
+# routing default, as for a gRPC request that names no model). Served model names also work.
+OPENAI_MODELS = {
+    "omni-moderation-latest": "",
+    "omni-moderation-2024-09-26": "",
+    "text-moderation-latest": "",
+    "text-moderation-stable": "",
+    "text-moderation-007": "",
+}
+
+
+@dataclass
+class HttpConfig:
+    """The HTTP/JSON listener (service/http): Wacht's API as JSON, the OpenAI- and
+    Perspective-compatible endpoints, health and the console, in the gRPC server's process."""
+
+    # host:port; empty = no HTTP listener (`wacht serve --http HOST:PORT` turns it on).
+    address: str = ""
+    # The operator console at `/` (a static page calling the JSON API).
+    console: bool = True
+    # Deadline of a call that sends no `X-Server-Timeout` header (seconds; 0 = none).
+    request_timeout_s: float = 30.0
+    openai_models: dict[str, str] = field(default_factory=lambda: dict(OPENAI_MODELS))
+
+
 @dataclass
 class LogConfig:
     level: str = "info"
@@ -121,6 +146,7 @@ class Config:
     policies_dir: Path | None = Path(DEFAULT_POLICIES)
     explainer_dir: Path | None = None  # None = no generative explanations
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     shutdown_grace_s: float = 10.0
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -301,6 +327,12 @@ def _validate(config: Config) -> None:
         fail("auth.keys_file", f"{config.auth.keys_file} is not a file")
     if config.auth.reload_interval_s < 0:
         fail("auth.reload_interval_s", "must be >= 0")
+    if config.http.address:
+        host, sep, port = config.http.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            fail("http.address", f"expected host:port, got {config.http.address!r}")
+    if config.http.request_timeout_s < 0:
+        fail("http.request_timeout_s", "must be >= 0")
     if not 0 <= config.metrics_port < 65536:
         fail("metrics_port", f"must be 0..65535, got {config.metrics_port}")
     if not config.models:

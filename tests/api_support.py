@@ -76,6 +76,8 @@ class ServerThread:
         self.server = WachtServer(config)
         self.port = self.call(self.server.start(load_models=load_models))
         self.address = f"127.0.0.1:{self.port}"
+        # the HTTP listener's base URL, when the config turns it on
+        self.http_url = f"http://127.0.0.1:{self.server.http_port}" if self.server.http_port else ""
 
     def call(self, coro: Any, timeout: float = 120.0) -> Any:
         future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -163,9 +165,10 @@ def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.05) -> N
 
 @pytest.fixture(scope="session")
 def wacht_server() -> Iterator[ServerThread]:
-    """The real server with the real default model, loaded once per test session."""
+    """The real server with the real default model, loaded once per test session; its HTTP
+    listener (service/http) is on, on a free port (`http_url`)."""
     require_model()
-    with server_thread(make_config()) as server:
+    with server_thread(make_config(http={"address": "127.0.0.1:0"})) as server:
         yield server
 
 

@@ -7,7 +7,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -134,10 +134,10 @@ def log_failure(error: errors.ApiError, **extra: object) -> None:
     if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # under overload these come by the thousand a second: counted in the metrics
         log.debug("call failed", code=error.code.name, error=error.message, **extra)
-    elif error.code == grpc.StatusCode.INVALID_ARGUMENT:
-        log.info("call failed", code=error.code.name, fields=errors.log_fields(error), **extra)
     else:
-        log.info("call failed", code=error.code.name, error=error.message, **extra)
+        # NOT_FOUND and the like quote the name the client sent: the code and the field
+        # paths only
+        log.info("call failed", code=error.code.name, fields=errors.log_fields(error), **extra)
 
 
 async def _abort(
@@ -206,24 +206,33 @@ class CallRunner:
         log.debug("call done", code=code.name, ms=round(seconds * 1000, 2))
         clear_request()
 
-    async def unary(
+    async def run(
         self,
         method: str,
-        context: grpc.aio.ServicerContext,
+        request_id: str,
+        deadline: float | None,
         body: Callable[[Call], Awaitable[T]],
         needs_models: bool = True,
         sheds: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        peer: str | None = None,
     ) -> T:
-        """`sheds`: the call scores texts, so it is refused at once while the batchers are
-        overloaded (see ServingState.shed)."""
+        """One unary call, whatever the transport: authentication, admission (`sheds`: the
+        call scores texts, so it is refused at once while the batchers are overloaded, see
+        ServingState.shed), metrics, logs; any failure is raised as the ApiError the client
+        sees. gRPC (`unary`) and HTTP (service/http) both run their calls here. `metadata`
+        and `peer`: the caller's credentials (gRPC metadata, or HTTP headers as metadata)."""
         started = time.monotonic()
         code = grpc.StatusCode.OK
-        call = None
+        call: Call | None = None
+        bind_request(request_id, method)
         self.state.call_started()
         self.state.metrics.inflight_calls.inc()
         try:
             try:
-                call = self._identify(method, context)
+                caller = self.guard.authenticate(dict(metadata or {}), peer)
+                bind_request(request_id, method, caller.name)
+                call = Call(method, request_id, deadline, started, caller, self._admit)
                 self._begin(call, needs_models, sheds)
                 return await body(call)
             except asyncio.CancelledError:
@@ -233,12 +242,30 @@ class CallRunner:
                 error = to_api_error(exc)
                 code = error.code
                 log_failure(error)
-            await _abort(context, error, call)
-            raise AssertionError("unreachable")  # abort raises
+            raise error
         finally:
             self.state.call_finished()
             self.state.metrics.inflight_calls.dec()
             self._finish(call, method, code, started)
+
+    async def unary(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        body: Callable[[Call], Awaitable[T]],
+        needs_models: bool = True,
+        sheds: bool = False,
+    ) -> T:
+        request_id = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            return await self.run(method, request_id, _deadline(context), body, needs_models,
+                                  sheds, metadata_dict(context), peer_identity(context))
+        except errors.ApiError as error:
+            status = error.to_grpc_status()
+            metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
+            await context.abort(status.code, status.details, metadata)
+            raise AssertionError("unreachable") from None  # abort raises
 
     async def streaming(
         self,

@@ -104,21 +104,29 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self.state = state
         self.runner = runner
 
+    async def list_models(
+        self, request: models_pb2.ListModelsRequest, call: Call
+    ) -> models_pb2.ListModelsResponse:
+        return models_pb2.ListModelsResponse(
+            models=[model_info(m, self.state) for m in self.state.models.values()],
+            routing=routing_info(self.state),
+        )
+
     async def ListModels(  # noqa: N802
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        async def body(call: Call) -> models_pb2.ListModelsResponse:
-            return models_pb2.ListModelsResponse(
-                models=[model_info(m, self.state) for m in self.state.models.values()],
-                routing=routing_info(self.state),
-            )
+        return await self.runner.unary(
+            "ListModels", context, lambda call: self.list_models(request, call)
+        )
 
-        return await self.runner.unary("ListModels", context, body)
+    async def get_model_info(
+        self, request: models_pb2.GetModelInfoRequest, call: Call
+    ) -> models_pb2.ModelInfo:
+        return model_info(self.state.model(request.name, "name"), self.state)
 
     async def GetModelInfo(  # noqa: N802
         self, request: models_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ModelInfo:
-        async def body(call: Call) -> models_pb2.ModelInfo:
-            return model_info(self.state.model(request.name, "name"), self.state)
-
-        return await self.runner.unary("GetModelInfo", context, body)
+        return await self.runner.unary(
+            "GetModelInfo", context, lambda call: self.get_model_info(request, call)
+        )

@@ -142,7 +142,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self.state = state
         self.runner = runner
 
-    async def _moderate(
+    async def moderate(
         self, request: moderation_pb2.ModerateRequest, call: Call, prefix: str = ""
     ) -> moderation_pb2.ModerateResponse:
         v = Violations(prefix)
@@ -174,7 +174,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ModerateResponse:
         return await self.runner.unary(
-            "Moderate", context, lambda call: self._moderate(request, call), sheds=True
+            "Moderate", context, lambda call: self.moderate(request, call), sheds=True
         )
 
     async def _stream_one(
@@ -191,7 +191,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
             call, request_id=f"{call.request_id}.{sequence}", started=time.monotonic()
         )
         try:
-            reply.response.CopyFrom(await self._moderate(message.request, item, "request."))
+            reply.response.CopyFrom(await self.moderate(message.request, item, "request."))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -267,7 +267,8 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         ):
             yield reply
 
-    def _explain(self, request: moderation_pb2.ExplainRequest) -> Any:
+    def explain(self, request: moderation_pb2.ExplainRequest) -> Any:
+        """The body of an Explain call: events for `request`, given the Call."""
         async def body(call: Call) -> AsyncIterator[moderation_pb2.ExplainResponse]:
             v = Violations()
             target = self.state.target(request.model)
@@ -310,48 +311,57 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
         async for reply in self.runner.streaming(
-            "Explain", context, self._explain(request), sheds=True
+            "Explain", context, self.explain(request), sheds=True
         ):
             yield reply
+
+    async def list_policies(
+        self, request: moderation_pb2.ListPoliciesRequest, call: Call
+    ) -> moderation_pb2.ListPoliciesResponse:
+        store = self.state.model("").policies
+        policies = []
+        for name in store.names():
+            policy = store.get(name)
+            policies.append(
+                moderation_pb2.Policy(
+                    name=policy.name,
+                    description=policy.description,
+                    is_default=policy.name == store.default_name,
+                    source=policy.source,
+                    categories=[
+                        moderation_pb2.CategoryThresholds(
+                            category=category,
+                            enabled=rule.enabled,
+                            review=rule.review,
+                            block=rule.block,
+                        )
+                        for category, rule in policy.rules.items()
+                    ],
+                )
+            )
+        return moderation_pb2.ListPoliciesResponse(policies=policies)
 
     async def ListPolicies(  # noqa: N802
         self, request: moderation_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ListPoliciesResponse:
-        async def body(call: Call) -> moderation_pb2.ListPoliciesResponse:
-            store = self.state.model("").policies
-            policies = []
-            for name in store.names():
-                policy = store.get(name)
-                policies.append(
-                    moderation_pb2.Policy(
-                        name=policy.name,
-                        description=policy.description,
-                        is_default=policy.name == store.default_name,
-                        source=policy.source,
-                        categories=[
-                            moderation_pb2.CategoryThresholds(
-                                category=category,
-                                enabled=rule.enabled,
-                                review=rule.review,
-                                block=rule.block,
-                            )
-                            for category, rule in policy.rules.items()
-                        ],
-                    )
-                )
-            return moderation_pb2.ListPoliciesResponse(policies=policies)
+        return await self.runner.unary(
+            "ListPolicies", context, lambda call: self.list_policies(request, call)
+        )
 
-        return await self.runner.unary("ListPolicies", context, body)
+    async def list_categories(
+        self, request: moderation_pb2.ListCategoriesRequest, call: Call
+    ) -> moderation_pb2.ListCategoriesResponse:
+        return moderation_pb2.ListCategoriesResponse(
+            categories=[
+                moderation_pb2.Category(name=name, description=description)
+                for name, description in CATEGORIES.items()
+            ]
+        )
 
     async def ListCategories(  # noqa: N802
         self, request: moderation_pb2.ListCategoriesRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ListCategoriesResponse:
-        async def body(call: Call) -> moderation_pb2.ListCategoriesResponse:
-            return moderation_pb2.ListCategoriesResponse(
-                categories=[
-                    moderation_pb2.Category(name=name, description=description)
-                    for name, description in CATEGORIES.items()
-                ]
-            )
-
-        return await self.runner.unary("ListCategories", context, body, needs_models=False)
+        return await self.runner.unary(
+            "ListCategories", context, lambda call: self.list_categories(request, call),
+            needs_models=False,
+        )

@@ -62,6 +62,8 @@ class WachtServer:
         self.certificates: CertificateFiles | None = None
         self.port = 0
         self.health_port = 0
+        self.http: Any = None  # service.http.server.HttpGateway when http.address is set
+        self.http_port = 0
         self.metrics_port = 0
         self.service_names: list[str] = []
         self.loaded = asyncio.Event()
@@ -139,6 +141,7 @@ class WachtServer:
         for file, servicer in zip(files, servicers, strict=True):
             name = next(iter(file.services_by_name))
             self.service_names.append(add_servicer(server, servicer, file, name))
+        self.servicers = servicers
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *self.service_names):
             await self.health.set(name, NOT_SERVING)
@@ -153,6 +156,8 @@ class WachtServer:
             self.health_port = self._listen(self.health_server, health_address, False)
             await self.health_server.start()
         await server.start()
+        if self.config.http.address:
+            await self._start_http()
         if self.config.metrics_port:
             self.metrics_port = self.metrics.serve(
                 self.config.metrics_port, self.config.metrics_host
@@ -166,6 +171,7 @@ class WachtServer:
             api_keys=self.guard.enforcing,
             health_port=self.health_port or None,
             metrics_port=self.metrics_port or None,
+            http_port=self.http_port or None,
             config=self.config.source,
         )
         if self.guard.enforcing and not self.config.tls.enabled:
@@ -174,6 +180,22 @@ class WachtServer:
         if load_models:
             self._load_task = asyncio.create_task(self.load_models())
         return self.port
+
+    async def _start_http(self) -> None:
+        """The HTTP/JSON listener on the same state, runner and servicers as gRPC."""
+        from wacht.service.http.server import HttpGateway
+        from wacht.service.http.wacht_api import Servicers
+
+        self.http = HttpGateway(
+            self.state, self.runner, Servicers(*self.servicers), self.service_names,
+            self._max_message_bytes(),
+        )
+        try:
+            self.http_port = await self.http.start()
+        except OSError:
+            assert self.server is not None
+            await self.server.stop(0)
+            raise
 
     def _max_message_bytes(self) -> int:
         limits = self.config.limits
@@ -363,6 +385,8 @@ class WachtServer:
         drained = await self.state.wait_idle(max(0.0, deadline - time.monotonic()))
         if not drained:
             log.warning("grace period over; cancelling calls", inflight=self.state.inflight)
+        if self.http is not None:
+            await self.http.stop()
         if self.server is not None:
             await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
         if self.health_server is not None:

@@ -63,6 +63,9 @@ def fingerprint(value: str) -> dict[str, Any]:
 _KEY = re.compile(r"\[([^\[\]]*)\]")
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}|\d{1,9}")
+
+
 def loggable_path(path: str, known: Container[str] = ()) -> str:
     """A field path for a log line: `[3]` and known keys as is, any other map key (chosen
     by the client) as `[#<sha256 prefix>/<length>]`."""
@@ -74,4 +77,15 @@ def loggable_path(path: str, known: Container[str] = ()) -> str:
         info = fingerprint(key)
         return f"[#{info['sha256'][:8]}/{info['length']}]"
 
-    return _KEY.sub(replace, path)
+    def segment(part: str) -> str:
+        # dotted segments (JSON paths such as requestedAttributes.NAME) are field names
+        # unless they are not identifiers, i.e. keys the client made up
+        if not part or _IDENTIFIER.fullmatch(part) or part.startswith("[#"):
+            return part
+        info = fingerprint(part)
+        return f"#{info['sha256'][:8]}/{info['length']}"
+
+    bracketed = _KEY.sub(replace, path)
+    pieces = re.split(r"(\[[^\]]*\])", bracketed)
+    return "".join(p if p.startswith("[") else ".".join(segment(x) for x in p.split("."))
+                   for p in pieces)
