@@ -116,8 +116,10 @@ class ServerProcess:
 
 
 async def closed_loop(
-    address: str, label: str, texts: list[str], concurrency: int, seconds: float
+    address: str, label: str, texts: list[str], concurrency: int, seconds: float,
+    models: dict[str, int] | None = None, **options: str,
 ) -> Run:
+    """One text per Moderate call (with `options`); `models` counts the answering model."""
     import grpc
 
     from wacht.client import AsyncWachtClient
@@ -128,7 +130,7 @@ async def closed_loop(
     position = 0
     async with AsyncWachtClient(address, timeout=60) as client:
         for text in texts[:concurrency]:  # warm the connection
-            await client.moderate([text])
+            await client.moderate([text], **options)
         stop_at = time.perf_counter() + seconds
 
         async def worker() -> None:
@@ -138,11 +140,14 @@ async def closed_loop(
                 position += 1
                 started = time.perf_counter()
                 try:
-                    await client.moderate([text])
+                    reply = await client.moderate([text], **options)
                 except grpc.RpcError:
                     errors += 1
                     continue
                 latencies.append((time.perf_counter() - started) * 1000)
+                if models is not None:
+                    name = reply.results[0].model.name
+                    models[name] = models.get(name, 0) + 1
                 done += 1
 
         started = time.perf_counter()

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import load
 from bench.load import REPO_ROOT, Run, ServerProcess
 
 MODELS = [REPO_ROOT / "models" / "minilm-moderation",
@@ -89,42 +90,13 @@ def language_id(texts: dict[str, list[str]]) -> None:
 
 async def closed_loop(address: str, label: str, texts: list[str], concurrency: int,
                       seconds: float, **options: str) -> Run:
-    import grpc
-
-    from wacht.client import AsyncWachtClient
-
-    latencies: list[float] = []
-    errors = done = position = 0
     models: dict[str, int] = {}
-    async with AsyncWachtClient(address, timeout=60) as client:
-        for text in texts[:concurrency]:
-            await client.moderate([text], **options)
-        stop_at = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors, done, position
-            while time.perf_counter() < stop_at:
-                text = texts[position % len(texts)]
-                position += 1
-                started = time.perf_counter()
-                try:
-                    reply = await client.moderate([text], **options)
-                except grpc.RpcError:
-                    errors += 1
-                    continue
-                latencies.append((time.perf_counter() - started) * 1000)
-                name = reply.results[0].model.name
-                models[name] = models.get(name, 0) + 1
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    run = await load.closed_loop(address, label, texts, concurrency, seconds, models, **options)
     top = max(models, key=models.__getitem__) if models else "-"
-    print(f"  {label:<10} c={concurrency:<3} {done / elapsed:7.1f} texts/s  "
-          f"p50 {sorted(latencies)[len(latencies) // 2] if latencies else 0:7.1f} ms  "
-          f"-> {top} ({models.get(top, 0)}/{done})  errors {errors}", flush=True)
-    return Run(label, concurrency, done, elapsed, latencies, errors)
+    print(f"  {label:<10} c={concurrency:<3} {run.throughput:7.1f} texts/s  "
+          f"p50 {run.pct(0.5):7.1f} ms  -> {top} ({models.get(top, 0)}/{run.texts})  "
+          f"errors {run.errors}", flush=True)
+    return run
 
 
 async def serving(texts: dict[str, list[str]], levels: list[int], seconds: float) -> None:
