@@ -10,6 +10,7 @@ import numpy as np
 
 from wacht.models.card import DATASETS
 from wacht.models.evaluate import agreement, summary_table
+from wacht.models.multilingual import PRUNE_LANGUAGES
 from wacht.models.package import clean_directory, file_sums_section, finish_directory
 
 LANGUAGE_NAMES = {
@@ -150,8 +151,8 @@ GermEval 2018 test file is held back and was not used.
 Every variant below was exported and evaluated the same way; the chosen one (bold) is the
 smallest directory under 35 MB whose headline macro-F1s are within 1 point of float32.
 Pruning keeps the pieces seen in the training texts plus the pieces of the most frequent
-words (wordfreq lists) of {len(manifest['provenance']['compression'].get('sample_languages', []))
-or 14} languages; every other piece maps to one fallback row (the mean of the dropped rows).
+words (wordfreq lists) of {len(PRUNE_LANGUAGES)} languages; every other piece maps to one
+fallback row (the mean of the dropped rows).
 
 {variants_table(rows, chosen)}
 

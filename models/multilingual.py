@@ -64,10 +64,6 @@ PRUNE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "
                    "tr", "zh")
 
 
-def heads() -> list[HeadSpec]:
-    return default_heads()
-
-
 def load_tokenizer(work: Path, max_tokens: int = MAX_LENGTH):  # noqa: ANN201
     from tokenizers import Tokenizer
 
@@ -92,7 +88,7 @@ def train(cfg: TrainConfig, work: Path) -> tuple[MultilingualModel, dict]:
     sources = training_sources(data)
     german = germeval_sources(data)["germeval"]
     sources["germeval"] = german * GERMAN_REPEATS
-    model = from_package(heads(), seed=cfg.seed)
+    model = from_package(default_heads(), seed=cfg.seed)
     # The 128k x 512 table is 94% of the parameters; a dense AdamW update of it would cost
     # most of every CPU step. Everything after the lookup is trained.
     model.encoder.embedding.weight.requires_grad_(False)
@@ -397,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, meta = train(cfg, work)
     torch.set_num_threads(args.threads)
-    random.seed(args.seed)
     tok = load_tokenizer(work)
     rows = build_variants(model, meta, tok, data, work, rebuild, args.per_language)
     chosen = choose(rows)
