@@ -134,6 +134,12 @@ class Config:
     models: list[Path] = field(
         default_factory=lambda: [Path(DEFAULT_MODEL), Path(MULTILINGUAL_MODEL)]
     )
+    # A directory of model directories, each served beside `models` (after them, by name):
+    # a directory dropped in, or replaced, is loaded without a restart (docs/models.md).
+    models_dir: Path | None = None
+    # How often the served model directories (and `models_dir`) are checked for a new or
+    # replaced model (seconds); 0 = only on SIGHUP.
+    model_reload_interval_s: float = 2.0
     default_model: str = ""  # model name; empty = the first of `models`
     device: str = "cpu"
     intra_op_threads: int = 0  # per forward; 0 = cores / inference threads (see threads())
@@ -177,6 +183,9 @@ class Config:
 
     def model_paths(self) -> list[Path]:
         return [resolve_path(p) for p in self.models]
+
+    def models_dir_path(self) -> Path | None:
+        return resolve_path(self.models_dir) if self.models_dir is not None else None
 
     def policies_path(self) -> Path | None:
         if self.policies_dir is None:
@@ -335,8 +344,12 @@ def _validate(config: Config) -> None:
         fail("http.request_timeout_s", "must be >= 0")
     if not 0 <= config.metrics_port < 65536:
         fail("metrics_port", f"must be 0..65535, got {config.metrics_port}")
-    if not config.models:
-        fail("models", "at least one model directory is required")
+    if not config.models and config.models_dir is None:
+        fail("models", "at least one model directory (or models_dir) is required")
+    if config.models_dir is not None and not resolve_path(config.models_dir).is_dir():
+        fail("models_dir", f"{config.models_dir} is not a directory")
+    if config.model_reload_interval_s < 0:
+        fail("model_reload_interval_s", "must be >= 0")
     if config.device not in DEVICES:
         fail("device", f"must be one of {DEVICES}, got {config.device!r}")
     if config.intra_op_threads < 0 or config.inter_op_threads < 0:
@@ -409,6 +422,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             return base_dir / p
 
         config.models = [rebase(p) or p for p in config.models]
+        config.models_dir = rebase(config.models_dir)
         config.policies_dir = rebase(config.policies_dir)
         config.explainer_dir = rebase(config.explainer_dir)
         config.routing.language_model = rebase(config.routing.language_model)

@@ -73,7 +73,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
                 texts, truncation=truncation, deadline=call.deadline, model=request.model,
                 language=language,
             )
-        refs, common = model_refs(self.state, [s.model for s in scored])
+        refs, common = model_refs(target, [s.model for s in scored])
         results = []
         for text_id, item, ref in zip(ids, scored, refs, strict=True):
             text_scores = item.scores
@@ -81,7 +81,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
                 id=text_id, tokens=text_scores.tokens, windows=text_scores.windows, model=ref,
                 language=item.route.language, language_confidence=item.route.confidence,
             )
-            manifest = self.state.models[item.model].manifest
+            manifest = target.served(item.model).manifest
             for task in manifest.tasks:
                 if request.tasks and task.name not in request.tasks:
                     continue

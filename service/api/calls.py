@@ -226,7 +226,7 @@ class CallRunner:
         code = grpc.StatusCode.OK
         call: Call | None = None
         bind_request(request_id, method)
-        self.state.call_started()
+        generation = self.state.call_started()
         self.state.metrics.inflight_calls.inc()
         try:
             try:
@@ -244,7 +244,7 @@ class CallRunner:
                 log_failure(error)
             raise error
         finally:
-            self.state.call_finished()
+            self.state.call_finished(generation)
             self.state.metrics.inflight_calls.dec()
             self._finish(call, method, code, started)
 
@@ -277,7 +277,7 @@ class CallRunner:
         started = time.monotonic()
         code = grpc.StatusCode.OK
         call = None
-        self.state.call_started()
+        generation = self.state.call_started()
         self.state.metrics.inflight_calls.inc()
         try:
             try:
@@ -300,6 +300,6 @@ class CallRunner:
                 log_failure(error)
             await _abort(context, error, call)
         finally:
-            self.state.call_finished()
+            self.state.call_finished(generation)
             self.state.metrics.inflight_calls.dec()
             self._finish(call, method, code, started)

@@ -12,7 +12,7 @@ import grpc
 
 from wacht.service.api.calls import Call, CallRunner, log_failure, to_api_error
 from wacht.service.api.handlers import Undecodable
-from wacht.service.api.state import ServedModel, ServingState
+from wacht.service.api.state import ServedModel, ServingState, Target
 from wacht.service.api.validation import (
     Violations,
     check_language,
@@ -119,10 +119,11 @@ def model_ref(served: ServedModel) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=served.manifest.name, version=served.manifest.version)
 
 
-def model_refs(state: ServingState, names: list[str]) -> tuple[list[common_pb2.ModelRef],
-                                                               common_pb2.ModelRef | None]:
-    """A ModelRef per text, and the response-level one when every text used the same model."""
-    refs = {name: model_ref(state.models[name]) for name in dict.fromkeys(names)}
+def model_refs(target: Target, names: list[str]) -> tuple[list[common_pb2.ModelRef],
+                                                          common_pb2.ModelRef | None]:
+    """A ModelRef per text (the model that scored it, even if swapped out since), and the
+    response-level one when every text used the same model."""
+    refs = {name: model_ref(target.served(name)) for name in dict.fromkeys(names)}
     return [refs[n] for n in names], next(iter(refs.values())) if len(refs) == 1 else None
 
 
@@ -157,7 +158,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
             outcomes, timings, policy = await target.core.moderate(
                 texts, options, model=request.model, language=language
             )
-        refs, common = model_refs(self.state, [o.model for o in outcomes])
+        refs, common = model_refs(target, [o.model for o in outcomes])
         response = moderation_pb2.ModerateResponse(
             results=[
                 result_proto(i, o, r) for i, o, r in zip(ids, outcomes, refs, strict=True)
@@ -300,7 +301,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
                     elif isinstance(event, ExplanationOutcome):
                         yield moderation_pb2.ExplainResponse(final=explanation_proto(event))
                     else:
-                        ref = model_ref(self.state.models[event.model])
+                        ref = model_ref(target.served(event.model))
                         yield moderation_pb2.ExplainResponse(
                             moderation=result_proto(text_id, event, ref)
                         )

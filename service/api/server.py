@@ -4,8 +4,9 @@ Lifecycle: the port opens at once with every health service NOT_SERVING; models 
 warm up in the background, then health turns SERVING. A model that fails to load leaves
 health NOT_SERVING (the reason is logged and returned as UNAVAILABLE), and the process keeps
 answering health checks. SIGTERM/SIGINT: health NOT_SERVING at once, new calls UNAVAILABLE,
-in-flight calls finish within `shutdown_grace_s`, then the process exits. SIGHUP: policies,
-the callers file and the TLS certificate are reloaded (each also reloads on a file change).
+in-flight calls finish within `shutdown_grace_s`, then the process exits. SIGHUP: model
+directories that are new or changed (service/api/serving.py), policies, the callers file and
+the TLS certificate are reloaded (each also reloads on a file change).
 
 With TLS on, a second, plaintext listener (`health_address`) serves only grpc.health.v1,
 for probes that cannot speak TLS.
@@ -14,7 +15,6 @@ for probes that cannot speak TLS.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import time
 from typing import Any
@@ -29,17 +29,12 @@ from wacht.service.api.gate import ReflectionGate
 from wacht.service.api.handlers import add_servicer
 from wacht.service.api.models import ModelsServicer
 from wacht.service.api.moderation import ModerationServicer
-from wacht.service.api.state import ServedModel, ServingState
+from wacht.service.api.serving import ReloadResult, ServedModels
+from wacht.service.api.state import ServingState
 from wacht.service.api.tls import server_credentials
-from wacht.service.batching.batcher import Batcher
 from wacht.service.config import Config
-from wacht.service.moderation.core import Core
-from wacht.service.moderation.moderator import Moderator
-from wacht.service.moderation.policies import PolicyStore, manifest_thresholds
-from wacht.service.moderation.routing import Router, RoutingTable
 from wacht.service.observability.logging import get_logger
 from wacht.service.observability.metrics import Metrics
-from wacht.service.runtime.engine import Engine
 from wacht.service.security import Guard, KeyStore
 from wacht.service.security.tls import CertificateFiles
 from wacht.v1 import analysis_pb2, models_pb2, moderation_pb2
@@ -56,6 +51,8 @@ class WachtServer:
         self.state = ServingState(config=config, metrics=self.metrics)
         self.guard = self._guard()
         self.runner = CallRunner(self.state, self.guard)
+        self.models = ServedModels(self.state, config, self.metrics)
+        self._reloads: set[asyncio.Task[list[ReloadResult]]] = set()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None
@@ -214,12 +211,12 @@ class WachtServer:
                 error=self.state.load_error,
                 error_type=type(exc).__name__,
             )
-            await self._stop_batchers()
             self.state.models.clear()
         else:
             self.state.ready = True
             for name in ("", *self.service_names):
                 await self.health.set(name, SERVING)
+            self.models.start_watching(self.config.model_reload_interval_s)
             log.info(
                 "serving",
                 models=list(self.state.models),
@@ -230,104 +227,8 @@ class WachtServer:
             self.loaded.set()
 
     async def _load_models(self) -> None:
-        config = self.config
-        explainer = await asyncio.to_thread(self._load_explainer)
-        self.state.explainer = explainer
-        forwards, intra_op_threads = config.threads()
-        batching = dataclasses.replace(config.batching, inference_threads=forwards)
-        for path in config.model_paths():
-            log.info("loading model", path=str(path), forwards=forwards, threads=intra_op_threads)
-            engine = await asyncio.to_thread(
-                Engine.load,
-                path,
-                device=config.device,
-                intra_op_threads=intra_op_threads,
-                inter_op_threads=config.inter_op_threads,
-                verify=config.verify_checksums,
-            )
-            name = engine.manifest.name
-            if name in self.state.models:
-                raise ValueError(f"{path}: model name {name!r} is served twice")
-            policies = PolicyStore.load(
-                config.policies_path(), manifest_thresholds(engine.manifest)
-            )
-            policies.start_watching()
-            batcher = Batcher(engine, batching, self.metrics.observer(name))
-            moderator = Moderator(
-                batcher,
-                engine.manifest,
-                policies,
-                explainer,
-                on_fallback=self.metrics.explanation_fallback,
-                max_windows=config.limits.max_windows_per_text,
-            )
-            await batcher.start()
-            served = ServedModel(name, engine, batcher, policies, moderator)
-            self.state.models[name] = served
-            log.info(
-                "model ready",
-                model=name,
-                version=engine.manifest.version,
-                precision=engine.manifest.precision,
-                providers=list(engine.providers),
-                policies=served.policies.names(),
-            )
-        default = config.default_model or next(iter(self.state.models))
-        if default not in self.state.models:
-            raise ValueError(
-                f"default_model {default!r} is not served; served: {list(self.state.models)}"
-            )
-        self.state.default_model = default
-        self.state.core = Core(self.state.moderators, await self._router(default))
-        for served in self.state.models.values():
-            served.is_default = served.name == default
-            manifest = served.manifest
-            self.metrics.model_info.labels(
-                manifest.name,
-                manifest.version,
-                manifest.precision,
-                served.engine.providers[0] if served.engine.providers else "",
-                str(served.is_default).lower(),
-            ).set(1)
-
-    async def _router(self, default: str) -> Router:
-        """The routing table from the manifests and `routing`, and the language detector."""
-        routing = self.config.routing
-        table = RoutingTable.build(
-            ((name, served.manifest.languages) for name, served in self.state.models.items()),
-            overrides=routing.languages,
-            fallback=routing.fallback or default,
-            min_confidence=routing.min_confidence,
-        )
-        unknown = sorted({*table.models()} - set(self.state.models))
-        if unknown:
-            raise ValueError(
-                f"routing names models that are not served: {unknown}; "
-                f"served: {list(self.state.models)}"
-            )
-        detector = await asyncio.to_thread(self._load_detector) if routing.detect else None
-        log.info(
-            "routing",
-            languages=dict(table.languages),
-            fallback=table.fallback,
-            detector=getattr(detector, "name", None),
-        )
-        return Router(table, detector)
-
-    def _load_detector(self) -> Any:
-        """fastText language identification; without it every text is "und" (fallback)."""
-        from wacht.service.config import resolve_path
-        from wacht.service.runtime.language import LanguageDetector
-
-        path = self.config.routing.language_model
-        try:
-            return LanguageDetector(resolve_path(path) if path else None)
-        except Exception as exc:
-            log.error(
-                "language detector failed to load; texts go to the fallback model",
-                error=str(exc) or type(exc).__name__,
-            )
-            return None
+        self.state.explainer = await asyncio.to_thread(self._load_explainer)
+        await self.models.load_all()
 
     def _load_explainer(self) -> Any:
         """The generative explainer (optional): without one, GENERATIVE falls back to EVIDENCE."""
@@ -361,8 +262,17 @@ class WachtServer:
         for served in self.state.models.values():
             served.policies.reload()
 
+    async def reload_models(self, trigger: str = "sighup") -> list[ReloadResult]:
+        """Load each model directory that is new or changed since it was loaded and swap it
+        in (service/api/serving.py); a bad one is refused and the old model keeps serving."""
+        return await self.models.reload(trigger)
+
     def reload(self) -> None:
-        """SIGHUP: policies, callers file, TLS certificate (the next handshake uses it)."""
+        """SIGHUP: model directories, policies, callers file, TLS certificate (the next
+        handshake uses it)."""
+        task = asyncio.get_running_loop().create_task(self.reload_models())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
         self.reload_policies()
         if self.guard.keys is not None:
             self.guard.keys.reload()
@@ -391,27 +301,21 @@ class WachtServer:
             await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
         if self.health_server is not None:
             await self.health_server.stop(0.1)
-        await self._stop_batchers()
+        for task in list(self._reloads):
+            task.cancel()
+        await self.models.close()
         if self.state.explainer is not None:
             self.state.explainer.close()
         self.metrics.close()
         log.info("stopped")
         self._stopped.set()
 
-    async def _stop_batchers(self) -> None:
-        for served in self.state.models.values():
-            await served.policies.stop_watching()
-            try:
-                await served.batcher.stop()
-            except Exception as exc:  # a failing batcher must not block the others
-                log.error("batcher stop failed", model=served.name, error=str(exc))
-
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads policies, callers and certificates."""
+    """Run until SIGTERM/SIGINT; SIGHUP reloads models, policies, callers and certificates."""
     server = WachtServer(config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(server.stop()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,11 @@ class Target:
         # every model loads the same policy files (thresholds relative to its own manifest)
         return self.models[0].policies
 
+    def served(self, name: str) -> ServedModel:
+        """The model that answered a text of this call: the one the call started with, even
+        if a reload has swapped in another since."""
+        return next(m for m in self.models if m.name == name)
+
 
 @dataclass
 class ServingState:
@@ -69,6 +75,10 @@ class ServingState:
     explainer: Any = None
     core: Core | None = None  # routing + moderation over every served model, once loaded
     inflight: int = 0
+    # Bumped by every model swap (service/api/serving.py); calls count under the generation
+    # they started in, so a swapped-out model is closed once the calls that may use it end.
+    generation: int = 0
+    _calls: Counter[int] = field(default_factory=Counter)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -126,11 +136,21 @@ class ServingState:
     def moderators(self) -> dict[str, Moderator]:
         return {name: served.moderator for name, served in self.models.items()}
 
-    def call_started(self) -> None:
+    def call_started(self) -> int:
+        """Count a call in; return its generation (give it back to call_finished)."""
         self.inflight += 1
+        self._calls[self.generation] += 1
         self._idle.clear()
+        return self.generation
 
-    def call_finished(self) -> None:
+    def calls_before(self, generation: int) -> int:
+        """Calls in flight that started before `generation`."""
+        return sum(n for g, n in self._calls.items() if g < generation)
+
+    def call_finished(self, generation: int) -> None:
+        self._calls[generation] -= 1
+        if self._calls[generation] <= 0:
+            del self._calls[generation]
         self.inflight -= 1
         if self.inflight <= 0:
             self.inflight = 0

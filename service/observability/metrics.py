@@ -85,6 +85,12 @@ class Metrics:
             ["name", "version", "precision", "provider", "default"],
             registry=r,
         )
+        self.model_reloads = Counter(
+            "wacht_model_reloads",
+            "Model directories loaded without a restart, by result (loaded | refused)",
+            ["result"],
+            registry=r,
+        )
         self.stream_inflight = Gauge(
             "wacht_stream_inflight_messages",
             "ModerateStream messages being worked on",

@@ -109,7 +109,8 @@ class Engine:
                     f"{model_dir.path}: task {task.name!r} reads output {task.output!r}, "
                     f"which model.onnx does not have ({sorted(graph_outputs)})"
                 )
-        self.output_names = [task.output for task in self.manifest.tasks]
+        # one entry per graph output, however many tasks read it
+        self.output_names = list(dict.fromkeys(task.output for task in self.manifest.tasks))
 
     @classmethod
     def load(
@@ -131,7 +132,14 @@ class Engine:
         settings = SessionSettings(device, intra_op_threads, inter_op_threads, allow_spinning)
         engine = cls(model_dir, create_session(model_dir.model_file, settings), tokenizer)
         started = time.perf_counter()
-        engine.predict(["warm-up"])
+        (warm,) = engine.predict(["warm-up"])
+        for task in manifest.tasks:
+            width = len(warm.scores[task.name])
+            if width != len(task.labels):
+                raise ModelDirError(
+                    f"{model_dir.path}: task {task.name!r} lists {len(task.labels)} labels "
+                    f"but output {task.output!r} has {width} values"
+                )
         log.info(
             "model_loaded",
             model=manifest.name,

@@ -160,6 +160,9 @@ def parse_manifest(data: Any, where: str = "manifest.yaml") -> Manifest:
         )
         if not labels:
             raise ModelDirError(f"{at}: no labels")
+        names = [label.name for label in labels]
+        if len(set(names)) != len(names):
+            raise ModelDirError(f"{at}: label names repeat ({names})")
         tasks.append(
             TaskSpec(
                 name=str(_require(raw, "name", at)),
@@ -170,6 +173,11 @@ def parse_manifest(data: Any, where: str = "manifest.yaml") -> Manifest:
         )
     if not tasks:
         raise ModelDirError(f"{where}: no tasks")
+    # Several tasks may read one output (e.g. a user's own label names over an existing
+    # head); a task name answers one task only.
+    task_names = [task.name for task in tasks]
+    if len(set(task_names)) != len(task_names):
+        raise ModelDirError(f"{where}: task names repeat ({task_names})")
     max_length = int(_require(data, "max_length", where))
     stride = int(data.get("window_stride", max(1, max_length * 3 // 4)))
     if not 0 < stride <= max_length:
