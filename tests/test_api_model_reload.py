@@ -323,3 +323,43 @@ def test_new_directory_is_added_and_a_name_clash_refused(
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "tasks[0]" in unknown.value.details()
         assert len(log_events(capfd.readouterr().err, "model_reload_refused")) == 1
+
+
+def test_cli_and_http_show_the_custom_task_after_a_reload(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from http_support import call
+
+    from wacht.service.cli import main
+
+    config = make_config(models=[], models_dir=models_dir, model_reload_interval_s=0.0,
+                         http={"address": "127.0.0.1:0"})
+    with server_thread(config) as server:
+        swap_in(models_dir, model_copy(models_dir / ".minilm-next", "1.2.0", ticket_topic=True))
+        assert [r.result for r in server.call(server.server.reload_models())] == ["loaded"]
+        address = ["--address", server.address]
+        assert main(["analyze", *address, "--task", "ticket_topic", TEXT]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        (task,) = printed["results"][0]["tasks"]
+        assert task["task"] == "ticket_topic"
+        assert [s["label"] for s in task["scores"]] == TICKET_LABELS
+        assert printed["model"]["version"] == "1.2.0"
+        for command in (["models", "list", *address], ["models", "info", *address, MODEL]):
+            assert main(command) == 0
+            shown = json.loads(capsys.readouterr().out)
+            info = shown["models"][0] if "models" in shown else shown
+            ticket = next(t for t in info["tasks"] if t["name"] == "ticket_topic")
+            assert [label["name"] for label in ticket["labels"]] == TICKET_LABELS
+            assert ticket["activation"] == "softmax"
+
+        # the HTTP gateway answers from the same core
+        base = server.http_url
+        status, _, body = call(base + "/wacht/v1/analyze",
+                               {"texts": [{"text": TEXT}], "tasks": ["ticket_topic"]})
+        assert status == 200, body
+        assert body["results"][0]["tasks"][0]["task"] == "ticket_topic"
+        assert body["model"]["version"] == "1.2.0"
+        status, _, listed = call(base + "/wacht/v1/models")
+        assert status == 200
+        tasks = {t["name"]: t for t in listed["models"][0]["tasks"]}
+        assert [label["name"] for label in tasks["ticket_topic"]["labels"]] == TICKET_LABELS

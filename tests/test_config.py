@@ -112,3 +112,20 @@ def test_available_cores_is_positive_and_within_the_machine() -> None:
     from wacht.service.config import available_cores
 
     assert 1 <= available_cores() <= (os.cpu_count() or 1)
+
+
+def test_models_dir_and_reload_interval(tmp_path: Path) -> None:
+    (tmp_path / "drop").mkdir()
+    file = tmp_path / "c.yaml"
+    file.write_text("models: []\nmodels_dir: drop\nmodel_reload_interval_s: 5\n")
+    config = load_config(file, env={})
+    assert config.models_dir_path() == tmp_path / "drop"  # relative to the file
+    assert config.model_reload_interval_s == 5.0
+    for text, message in (
+        ("models: []\n", "models: at least one model directory"),
+        ("models_dir: nowhere\n", "models_dir: nowhere is not a directory"),
+        ("model_reload_interval_s: -1\n", "model_reload_interval_s: must be >= 0"),
+    ):
+        file.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(file, env={})
