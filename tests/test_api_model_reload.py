@@ -7,12 +7,14 @@ the graph already has (`sentiment_logits`), so no training is needed here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,17 @@ from wacht.service.runtime.model_dir import write_sha256sums
 MODEL = "minilm-moderation"
 TICKET_LABELS = ["billing", "shipping", "other"]
 TEXT = "my parcel never arrived and I was charged twice"
+
+
+@contextlib.contextmanager
+def serving(config: Any, capture: Any) -> Iterator[Any]:
+    """server_thread, started with the test's output capture off: logging is configured at
+    the start and must not keep this test's captured stream (closed after it) for later
+    tests' servers."""
+    with contextlib.ExitStack() as stack:
+        with capture.disabled():
+            server = stack.enter_context(server_thread(config))
+        yield server
 
 
 def model_copy(dest: Path, version: str, ticket_topic: bool = False,
@@ -191,7 +204,7 @@ def test_call_in_flight_during_a_swap_finishes_on_the_old_model(
     models_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # the watcher off: the swap happens when the test calls the reload SIGHUP runs
-    with server_thread(reload_config(models_dir, interval=0)) as server, \
+    with serving(reload_config(models_dir, interval=0), capfd) as server, \
             WachtClient(server.address, timeout=120) as client:
         state = server.server.state
         old_batcher = state.models[MODEL].batcher
@@ -263,7 +276,7 @@ def _four_labels(manifest: dict[str, Any]) -> None:
 def test_bad_directory_is_refused_and_the_old_model_keeps_serving(
     models_dir: Path, capfd: pytest.CaptureFixture[str], case: str, expected: str
 ) -> None:
-    with server_thread(reload_config(models_dir)) as server, \
+    with serving(reload_config(models_dir), capfd) as server, \
             WachtClient(server.address, timeout=30) as client:
         staged = models_dir / ".minilm-next"
         if case == "labels":
@@ -302,7 +315,7 @@ def test_bad_directory_is_refused_and_the_old_model_keeps_serving(
 def test_new_directory_is_added_and_a_name_clash_refused(
     models_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    with server_thread(reload_config(models_dir, interval=0)) as server, \
+    with serving(reload_config(models_dir, interval=0), capfd) as server, \
             WachtClient(server.address, timeout=30) as client:
         def rename(manifest: dict[str, Any]) -> None:
             manifest["name"] = "tickets"
@@ -334,7 +347,7 @@ def test_cli_and_http_show_the_custom_task_after_a_reload(
 
     config = make_config(models=[], models_dir=models_dir, model_reload_interval_s=0.0,
                          http={"address": "127.0.0.1:0"})
-    with server_thread(config) as server:
+    with serving(config, capsys) as server:
         swap_in(models_dir, model_copy(models_dir / ".minilm-next", "1.2.0", ticket_topic=True))
         assert [r.result for r in server.call(server.server.reload_models())] == ["loaded"]
         address = ["--address", server.address]
