@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("out_dir")
     hf.add_argument("--task", required=True, help="toxicity | sentiment")
 
+    ft = sub.add_parser("finetune", help="head-only: a new task on your labelled file "
+                        "(train extra)")
+    ft.add_argument("model_dir")
+    ft.add_argument("--data", required=True, help=".csv, .tsv, .jsonl or .parquet")
+    ft.add_argument("--task", required=True, help="the new task's name")
+    ft.add_argument("--out", required=True, help="the new model directory")
+    ft.add_argument("--text-column", default="text")
+    ft.add_argument("--label-column", action="append", default=[])
+    ft.add_argument("--val", help="a validation file (default: a 10%% hash split of --data)")
+    ft.add_argument("--data-license", default="not stated")
+    ft.add_argument("--baseline", action="store_true", help="also TF-IDF + logistic regression")
+    ft.add_argument("--threads", type=int, default=2)
+
     sub.add_parser("build", help="train, export, quantise, evaluate (python -m wacht.models.build)",
                    add_help=False)
     return parser
@@ -93,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.data).is_file():
             return _eval_file(args)
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
+    if args.command == "finetune":
+        from wacht.models.finetune import main as finetune_main
+
+        return finetune_main(args)
     if args.command == "import":
         from wacht.models.importer import import_hf, parse_category_overrides
 
