@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--baseline", action="store_true", help="also TF-IDF + logistic regression")
     ft.add_argument("--threads", type=int, default=2)
 
+    ca = sub.add_parser("calibrate", help="per-label thresholds on your labelled sample")
+    ca.add_argument("model_dir")
+    ca.add_argument("--data", required=True)
+    ca.add_argument("--task", required=True)
+    ca.add_argument("--target", default="f1", help="f1 | precision=0.9 | recall=0.8")
+    ca.add_argument("--text-column", default="text")
+    ca.add_argument("--label-column", action="append", default=[])
+    ca.add_argument("--png", help="plot the precision/recall curves here (needs matplotlib)")
+
     sub.add_parser("build", help="train, export, quantise, evaluate (python -m wacht.models.build)",
                    add_help=False)
     return parser
@@ -110,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         from wacht.models.finetune import main as finetune_main
 
         return finetune_main(args)
+    if args.command == "calibrate":
+        from wacht.models.calibrate import calibrate, print_table
+
+        print_table(calibrate(Path(args.model_dir), Path(args.data), args.task, args.target,
+                              args.text_column, tuple(args.label_column or ["label"]),
+                              Path(args.png) if args.png else None))
+        return 0
     if args.command == "import":
         from wacht.models.importer import import_hf, parse_category_overrides
 

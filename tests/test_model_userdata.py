@@ -24,6 +24,15 @@ ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _structlog_defaults():  # noqa: ANN202
+    """`wacht models eval` points structlog at the (captured, later closed) stderr."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+
+
 def write_csv(path: Path, rows=ROWS, header="text,label") -> Path:  # noqa: ANN001
     lines = [header] + [f'"{t}",{lab}' for t, lab in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -125,3 +134,36 @@ def test_eval_cli_on_a_user_file(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "not labels of task 'toxicity'" in capsys.readouterr().err
     assert models_main(["eval", str(MODEL), "--data", str(data)]) == 2
     assert "--task is needed" in capsys.readouterr().err
+
+
+def test_calibrate_meets_the_named_precision(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from wacht.models.calibrate import calibrate
+    from wacht.service.runtime.engine import Engine
+
+    model = tmp_path / "m"
+    shutil.copytree(MODEL, model)
+    good = ["have a lovely day", "thanks for the help", "the train was on time", "nice photo",
+            "see you tomorrow", "great work everyone", "the weather is mild", "I agree"]
+    bad = ["you are a fucking idiot", "shut up you moron", "go to hell you piece of shit",
+           "you stupid bitch", "fuck off loser", "what a dumb asshole"]
+    rows = [(t, 0, 0) for t in good] + [(t, 1, 1) for t in bad]
+    data = tmp_path / "tox.csv"
+    data.write_text("text,offensive,insult\n" + "".join(f"{t},{a},{b}\n" for t, a, b in rows))
+    result = calibrate(model, data, "toxicity", "precision=0.9", "text",
+                       ("offensive", "insult"))
+    engine = Engine.load(model)  # SHA256SUMS refreshed, manifest thresholds written
+    task = engine.manifest.task("toxicity")
+    scores = np.stack([r.scores["toxicity"] for r in engine.predict([t for t, _, _ in rows])])
+    for name in ("offensive", "insult"):
+        t = next(lab.threshold for lab in task.labels if lab.name == name)
+        assert t == result[name]["threshold"]
+        flagged = scores[:, task.label_names.index(name)] >= t
+        gold = np.array([a for _, a, _ in rows]) == 1
+        assert flagged.sum() and (flagged & gold).sum() / flagged.sum() >= 0.9
+    manifest = yaml.safe_load((model / "manifest.yaml").read_text())
+    assert manifest["provenance"]["calibration"]["target"] == "precision=0.9"
+    assert "calibrated on `tox.csv`" in (model / "CARD.md").read_text()
