@@ -82,7 +82,7 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     e_va = graft.embeddings(model_dir, va_texts, threads)
     embed_s = time.perf_counter() - started
     best = None
-    for c in (0.1, 0.3, 1.0, 3.0, 10.0):
+    for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
         m = _fit(e_tr, tr_y, lf.multi_label, c)
         score = _macro_f1(m, e_va, va_y, lf.multi_label, classes)
         if best is None or score > best[0] + 1e-9:
