@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from wacht.models.data import DEFAULT_DATA_DIR
 
@@ -18,7 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a model directory on ../shared/data")
     ev.add_argument("model_dir")
-    ev.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    ev.add_argument("--data", default=str(DEFAULT_DATA_DIR),
+                    help="a data directory (../shared/data) or your labelled file "
+                    "(.csv, .tsv, .jsonl, .parquet)")
+    ev.add_argument("--task", help="with a file: the task it labels (default: the only task)")
+    ev.add_argument("--text-column", default="text")
+    ev.add_argument("--label-column", action="append", default=[],
+                    help="with a file: the label column (default 'label'); repeat for "
+                    "multi-label 0/1 columns named after the labels")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--out", help="also write the metrics to this file (e.g. metrics.json)")
     ev.add_argument("--threads", type=int, default=2)
@@ -41,9 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("out_dir")
     hf.add_argument("--task", required=True, help="toxicity | sentiment")
 
+    ft = sub.add_parser("finetune", help="head-only: a new task on your labelled file "
+                        "(train extra)")
+    ft.add_argument("model_dir")
+    ft.add_argument("--data", required=True, help=".csv, .tsv, .jsonl or .parquet")
+    ft.add_argument("--task", required=True, help="the new task's name")
+    ft.add_argument("--out", required=True, help="the new model directory")
+    ft.add_argument("--text-column", default="text")
+    ft.add_argument("--label-column", action="append", default=[])
+    ft.add_argument("--val", help="a validation file (default: a 10%% hash split of --data)")
+    ft.add_argument("--data-license", default="not stated")
+    ft.add_argument("--baseline", action="store_true", help="also TF-IDF + logistic regression")
+    ft.add_argument("--threads", type=int, default=2)
+
+    ca = sub.add_parser("calibrate", help="per-label thresholds on your labelled sample")
+    ca.add_argument("model_dir")
+    ca.add_argument("--data", required=True)
+    ca.add_argument("--task", required=True)
+    ca.add_argument("--target", default="f1", help="f1 | precision=0.9 | recall=0.8")
+    ca.add_argument("--text-column", default="text")
+    ca.add_argument("--label-column", action="append", default=[])
+    ca.add_argument("--png", help="plot the precision/recall curves here (needs matplotlib)")
+
     sub.add_parser("build", help="train, export, quantise, evaluate (python -m wacht.models.build)",
                    add_help=False)
     return parser
+
+
+def _eval_file(args: argparse.Namespace) -> int:
+    import json
+
+    from wacht.models.evaluate import evaluate_file, print_file_metrics
+    from wacht.models.userdata import UserDataError
+
+    try:
+        metrics = evaluate_file(args.model_dir, args.data, args.task, args.text_column,
+                                tuple(args.label_column or ["label"]), args.threads)
+    except UserDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_file_metrics(metrics)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         # keep stdout for the results (--json is piped); runtime logs go to stderr
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
+        if Path(args.data).is_file():
+            return _eval_file(args)
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
+    if args.command == "finetune":
+        from wacht.models.finetune import main as finetune_main
+
+        return finetune_main(args)
+    if args.command == "calibrate":
+        from wacht.models.calibrate import calibrate, print_table
+
+        print_table(calibrate(Path(args.model_dir), Path(args.data), args.task, args.target,
+                              args.text_column, tuple(args.label_column or ["label"]),
+                              Path(args.png) if args.png else None))
+        return 0
     if args.command == "import":
         from wacht.models.importer import import_hf, parse_category_overrides
 

@@ -188,3 +188,102 @@ def main(model_dir: str, data: str, as_json: bool, out: str | None, threads: int
               f"{metrics['engine']['texts']} texts in {metrics['engine']['seconds']} s")
         print(summary_table({metrics["precision"]: metrics}))
     return 0
+
+
+def confusion(gold: np.ndarray, pred: np.ndarray, classes: int) -> list[list[int]]:
+    """rows: gold class, columns: predicted class."""
+    m = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(m, (gold, pred), 1)
+    return m.tolist()
+
+
+def file_metrics(task, scores: np.ndarray, gold: np.ndarray) -> dict:  # noqa: ANN001
+    """Metrics of one task on a user's file. Softmax: `gold` holds class indices in task label
+    order (argmax decides); sigmoid: a 0/1 matrix [rows, labels] (label thresholds decide)."""
+    names = list(task.label_names)
+    per_label = {}
+    if task.activation == "softmax":
+        pred = scores.argmax(1)
+        for j, name in enumerate(names):
+            g, p = (gold == j).astype(int), (pred == j).astype(int)
+            per_label[name] = {"n": int(g.sum()), "accuracy": _r(np.mean(g == p)),
+                               "f1": _r(_binary_f1(g, p)),
+                               "roc_auc": _r(roc_auc(g, scores[:, j]))}
+        return {"task": task.name, "n": len(gold), "accuracy": _r(np.mean(gold == pred)),
+                "macro_f1": _r(macro_f1(gold, pred, len(names))), "labels": per_label,
+                "confusion_matrix": {"labels": names,
+                                     "rows_gold_cols_predicted": confusion(gold, pred,
+                                                                           len(names))}}
+    f1s = []
+    for j, lab in enumerate(task.labels):
+        g = gold[:, j]
+        p = (scores[:, j] >= lab.threshold).astype(int)
+        tp, fp, fn, tn = (int(np.sum((g == a) & (p == b))) for a, b in
+                          ((1, 1), (0, 1), (1, 0), (0, 0)))
+        f1s.append(_binary_f1(g, p))
+        per_label[lab.name] = {"n": int(g.sum()), "threshold": lab.threshold,
+                               "accuracy": _r(np.mean(g == p)), "f1": _r(_binary_f1(g, p)),
+                               "roc_auc": _r(roc_auc(g, scores[:, j])),
+                               "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
+    return {"task": task.name, "n": len(gold), "macro_f1": _r(np.mean(f1s)),
+            "labels": per_label}
+
+
+def _binary_f1(g: np.ndarray, p: np.ndarray) -> float:
+    from wacht.models.thresholds import binary_counts, f1
+
+    tp, fp, fn, _ = binary_counts(g, p)
+    return f1(tp, fp, fn)
+
+
+def evaluate_file(model_dir: str | Path, path: str | Path, task_name: str | None,
+                  text_column: str, label_columns: tuple[str, ...], threads: int = 2) -> dict:
+    """Evaluate one task of a model directory on a user's labelled file."""
+    from wacht.models import userdata
+    from wacht.service.runtime.engine import Engine
+
+    engine = Engine.load(Path(model_dir), intra_op_threads=threads)
+    tasks = {t.name: t for t in engine.manifest.tasks}
+    if task_name is None:
+        if len(tasks) != 1:
+            raise userdata.UserDataError(f"--task is needed: the model has tasks {list(tasks)}")
+        task_name = next(iter(tasks))
+    if task_name not in tasks:
+        raise userdata.UserDataError(f"--task {task_name!r}: the model has tasks {list(tasks)}")
+    task = tasks[task_name]
+    names = task.label_names
+    lf = userdata.load(path, text_column, label_columns)
+    unknown = [n for n in lf.labels if n not in names]
+    if unknown:
+        raise userdata.UserDataError(f"{path}: labels {unknown} are not labels of task "
+                                     f"{task.name!r} ({list(names)})")
+    if lf.multi_label:
+        gold = np.zeros((len(lf.texts), len(names)), dtype=np.int64)
+        for j, n in enumerate(lf.labels):
+            gold[:, names.index(n)] = lf.gold[:, j]
+    else:
+        idx = np.array([names.index(n) for n in lf.labels])[lf.gold]
+        gold = idx if task.activation == "softmax" else np.eye(len(names), dtype=np.int64)[idx]
+    started = time.perf_counter()
+    scores = np.stack([r.scores[task.name] for r in engine.predict(lf.texts)])
+    metrics = file_metrics(task, scores, gold)
+    return {"model": engine.manifest.name, "version": engine.manifest.version,
+            "data": {"file": Path(path).name, "sha256": lf.sha256, "rows": len(lf.texts),
+                     "label_counts": lf.label_counts()},
+            "seconds": round(time.perf_counter() - started, 2), **metrics}
+
+
+def print_file_metrics(m: dict) -> None:
+    print(f"{m['model']} {m['version']} task {m['task']} on {m['data']['file']} "
+          f"({m['n']} rows): macro-F1 {m['macro_f1']}"
+          + (f", accuracy {m['accuracy']}" if "accuracy" in m else ""))
+    print("| label | n | accuracy | F1 | ROC-AUC |")
+    print("|---|---|---|---|---|")
+    for name, lab in m["labels"].items():
+        print(f"| {name} | {lab['n']} | {lab['accuracy']} | {lab['f1']} | {lab['roc_auc']} |")
+    cm = m.get("confusion_matrix")
+    if cm:
+        print("confusion matrix (rows gold, columns predicted):")
+        print("| gold \\ predicted | " + " | ".join(cm["labels"]) + " |")
+        for name, row in zip(cm["labels"], cm["rows_gold_cols_predicted"], strict=True):
+            print(f"| {name} | " + " | ".join(str(x) for x in row) + " |")

@@ -25,7 +25,7 @@ from typing import Any
 
 from wacht.client import DEFAULT_ADDRESS
 
-MODEL_FACTORY_COMMANDS = ("import", "eval", "build", "export-hf")
+MODEL_FACTORY_COMMANDS = ("import", "eval", "build", "export-hf", "finetune", "calibrate")
 
 
 def _print(message: Any) -> None:

@@ -1,0 +1,108 @@
+"""Graft a linear head onto a served model.onnx next to its heads (onnx + numpy only).
+
+The sentence embedding is the latest float tensor every existing head reads (MiniLM int8: the
+pooler's Tanh output, before its DynamicQuantizeLinear; USE: the scaled 512-d vector). The
+new head is a float MatMul + Add on that tensor, a new graph output; the existing nodes are
+untouched, so the old heads' logits do not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _ancestors(graph, output: str) -> set[str]:  # noqa: ANN001
+    producer = {o: n for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [output]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = producer.get(t)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+    return seen
+
+
+def embedding_tensor(model) -> str:  # noqa: ANN001
+    """The latest float tensor that every graph output depends on."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    common = set.intersection(*(_ancestors(graph, o.name) for o in graph.output)) - inits
+    order = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+    candidates = [t for t in common if t in order
+                  and producer[t].op_type not in ("DynamicQuantizeLinear", "Shape", "Constant")]
+    if not candidates:
+        raise ValueError("model.onnx: no tensor shared by every head")
+    return max(candidates, key=lambda t: order[t])
+
+
+def with_outputs(model, names: list[str]):  # noqa: ANN001, ANN201
+    """A copy of the model with extra float outputs [batch, dim] (e.g. the embedding)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in names:
+        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return m
+
+
+def add_head(model, output: str, weight: np.ndarray, bias: np.ndarray):  # noqa: ANN001, ANN201
+    """Append `output` = embedding @ weight + bias; weight [dim, labels]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = embedding_tensor(model)
+    g = model.graph
+    if output in {o.name for o in g.output}:
+        raise ValueError(f"model.onnx already has an output {output!r}")
+    w = numpy_helper.from_array(weight.astype(np.float32), f"{output}.weight")
+    b = numpy_helper.from_array(bias.astype(np.float32), f"{output}.bias")
+    g.initializer.extend([w, b])
+    g.node.append(helper.make_node("MatMul", [emb, w.name], [f"{output}_matmul"],
+                                   name=f"/{output}/MatMul"))
+    g.node.append(helper.make_node("Add", [f"{output}_matmul", b.name], [output],
+                                   name=f"/{output}/Add"))
+    g.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT,
+                                                  ["batch", weight.shape[1]]))
+    return model
+
+
+def embeddings(model_dir: Path, texts: list[str], threads: int = 2,
+               batch_size: int = 64) -> np.ndarray:
+    """The sentence embedding of each text's first window, through the served graph."""
+    import onnx
+    import onnxruntime as ort
+
+    from wacht.service.runtime.engine import build_feeds
+    from wacht.service.runtime.model_dir import load_model_dir
+    from wacht.service.runtime.tokenize import WindowTokenizer
+
+    md = load_model_dir(model_dir)
+    model = onnx.load(str(md.model_file))
+    emb = embedding_tensor(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sess = ort.InferenceSession(with_outputs(model, [emb]).SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    types = {i.name: (np.int32 if i.type == "tensor(int32)" else np.int64)
+             for i in sess.get_inputs()}
+    tok = WindowTokenizer.from_file(md.tokenizer_file, md.manifest.max_length,
+                                    md.manifest.window_stride)
+    windows = [e.windows[0] for e in tok.encode(texts, "head", 1)]
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        (vec,) = sess.run([emb], build_feeds(types, [windows[i] for i in idx], tok.pad_id))
+        if out is None:
+            out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
+        out[idx] = vec
+    assert out is not None
+    return out
