@@ -49,11 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("out_dir")
     hf.add_argument("--task", required=True, help="toxicity | sentiment")
 
-    ft = sub.add_parser("finetune", help="head-only: a new task on your labelled file "
-                        "(train extra)")
+    ft = sub.add_parser("finetune", help="head-only: a new task on your labelled file, or "
+                        "--adapt an existing head to it (train extra)")
     ft.add_argument("model_dir")
     ft.add_argument("--data", required=True, help=".csv, .tsv, .jsonl or .parquet")
-    ft.add_argument("--task", required=True, help="the new task's name")
+    what = ft.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="the new task's name")
+    what.add_argument("--adapt", metavar="TASK", help="re-fit this existing head's last layer "
+                      "on your rows (sigmoid head: 0/1 --label-column named after its labels; "
+                      "softmax head: one label column of its label names)")
+    ft.add_argument("--eval-data", default=str(DEFAULT_DATA_DIR),
+                    help="with --adapt: the bundled evaluation sets the drift is measured on "
+                    "('none' to skip)")
     ft.add_argument("--out", required=True, help="the new model directory")
     ft.add_argument("--text-column", default="text")
     ft.add_argument("--label-column", action="append", default=[])
@@ -116,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             return _eval_file(args)
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
     if args.command == "finetune":
+        if args.adapt:
+            from wacht.models.adapt import main as adapt_main
+
+            return adapt_main(args)
         from wacht.models.finetune import main as finetune_main
 
         return finetune_main(args)

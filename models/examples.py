@@ -3,12 +3,17 @@
 OLID level C (offense target IND / GRP / OTH; ../shared/data/olid), which the default model
 was never trained on. `--split train` writes the training tweets, `--split test` the held-back
 official test set (keep it for the reported figures only).
+
+`cad-abuse`: CAD (Reddit comments, abusive vs normal) as a 0/1 `offensive` column, the
+stand-in for "your moderated comments" in `wacht models finetune --adapt toxicity`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import random
 from pathlib import Path
 
 from wacht.models.data import DEFAULT_DATA_DIR
@@ -29,17 +34,35 @@ def olid_target(data: Path, split: str) -> list[tuple[str, str]]:
     return [(tweets[i], lab) for i, lab in lines]
 
 
+def cad_abuse(data: Path, split: str) -> list[tuple[str, str]]:
+    """CAD (Reddit) abusive vs normal as 0/1 `offensive` (train.json or val.json). The default
+    model saw CAD train in its training mix (subsampled), and reports CAD val as a headline."""
+    pairs = json.loads((data / "cad" / f"{split}.json").read_text(encoding="utf-8"))
+    return [(str(t), "1" if label == "hatespeech" else "0") for t, label in pairs
+            if str(t).strip()]
+
+
+EXAMPLES = {"olid-target": (olid_target, ("text", "label")),
+            "cad-abuse": (cad_abuse, ("text", "offensive"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wacht.models.examples", description=__doc__)
-    p.add_argument("example", choices=["olid-target"])
+    p.add_argument("example", choices=list(EXAMPLES))
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--split", default="train", choices=["train", "test", "val"],
+                   help="olid-target: train | test; cad-abuse: train | val")
+    p.add_argument("--rows", type=int, help="keep the first N rows (after a fixed shuffle)")
     p.add_argument("--data", default=str(DEFAULT_DATA_DIR))
     args = p.parse_args(argv)
-    rows = olid_target(Path(args.data), args.split)
+    read, header = EXAMPLES[args.example]
+    rows = read(Path(args.data), args.split)
+    if args.rows is not None:
+        random.Random(13).shuffle(rows)
+        rows = rows[: args.rows]
     with open(args.out, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["text", "label"])
+        w.writerow(header)
         w.writerows(rows)
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0

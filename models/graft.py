@@ -74,9 +74,49 @@ def add_head(model, output: str, weight: np.ndarray, bias: np.ndarray):  # noqa:
     return model
 
 
+def add_residual(model, output: str, weight: np.ndarray, bias: np.ndarray):  # noqa: ANN001, ANN201
+    """Replace graph output `output` by `output + embedding @ weight + bias` (domain
+    adaptation of an existing linear head: its last layer becomes W + weight, b + bias).
+    Columns of `weight`/`bias` that are zero leave those logits bit-identical (x + 0 = x);
+    no other output is touched."""
+    from onnx import helper, numpy_helper
+
+    emb = embedding_tensor(model)
+    g = model.graph
+    if output not in {o.name for o in g.output}:
+        raise ValueError(f"model.onnx has no output {output!r}")
+    if any(output in n.input for n in g.node):
+        raise ValueError(f"model.onnx: {output!r} feeds other nodes; cannot adapt it in place")
+    base = f"{output}_base"
+    for node in g.node:
+        node.output[:] = [base if o == output else o for o in node.output]
+    w = numpy_helper.from_array(weight.astype(np.float32), f"{output}.adapt.weight")
+    b = numpy_helper.from_array(bias.astype(np.float32), f"{output}.adapt.bias")
+    g.initializer.extend([w, b])
+    g.node.append(helper.make_node("MatMul", [emb, w.name], [f"{output}_adapt_matmul"],
+                                   name=f"/{output}/adapt/MatMul"))
+    g.node.append(helper.make_node("Add", [f"{output}_adapt_matmul", b.name],
+                                   [f"{output}_adapt_delta"], name=f"/{output}/adapt/AddBias"))
+    g.node.append(helper.make_node("Add", [base, f"{output}_adapt_delta"], [output],
+                                   name=f"/{output}/adapt/Add"))
+    return model
+
+
 def embeddings(model_dir: Path, texts: list[str], threads: int = 2,
                batch_size: int = 64) -> np.ndarray:
     """The sentence embedding of each text's first window, through the served graph."""
+    import onnx
+
+    from wacht.service.runtime.model_dir import load_model_dir
+
+    emb = embedding_tensor(onnx.load(str(load_model_dir(model_dir).model_file)))
+    return tensors(model_dir, texts, [emb], threads, batch_size)[emb]
+
+
+def tensors(model_dir: Path, texts: list[str], names: list[str], threads: int = 2,
+            batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Named float tensors [batch, dim] (the embedding, a head's logits) of each text's first
+    window, through the served graph (graph outputs or intermediate tensors)."""
     import onnx
     import onnxruntime as ort
 
@@ -86,23 +126,24 @@ def embeddings(model_dir: Path, texts: list[str], threads: int = 2,
 
     md = load_model_dir(model_dir)
     model = onnx.load(str(md.model_file))
-    emb = embedding_tensor(model)
+    present = {o.name for o in model.graph.output}
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    sess = ort.InferenceSession(with_outputs(model, [emb]).SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        with_outputs(model, [n for n in names if n not in present]).SerializeToString(),
+        options, providers=["CPUExecutionProvider"])
     types = {i.name: (np.int32 if i.type == "tensor(int32)" else np.int64)
              for i in sess.get_inputs()}
     tok = WindowTokenizer.from_file(md.tokenizer_file, md.manifest.max_length,
                                     md.manifest.window_stride)
     windows = [e.windows[0] for e in tok.encode(texts, "head", 1)]
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    out: np.ndarray | None = None
+    out: dict[str, np.ndarray] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        (vec,) = sess.run([emb], build_feeds(types, [windows[i] for i in idx], tok.pad_id))
-        if out is None:
-            out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
-        out[idx] = vec
-    assert out is not None
+        values = sess.run(names, build_feeds(types, [windows[i] for i in idx], tok.pad_id))
+        for name, vec in zip(names, values, strict=True):
+            if name not in out:
+                out[name] = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
+            out[name][idx] = vec
     return out

@@ -85,9 +85,10 @@ def _truthy(value: object, where: str) -> int:
 
 
 def load(path: str | Path, text_column: str = "text", label_columns: tuple[str, ...] = ("label",),
-         labels: tuple[str, ...] | None = None) -> LabelledFile:
-    """Read and check a labelled file. One label column: single-label (names); several:
-    multi-label, the column names are the labels and hold 0/1."""
+         labels: tuple[str, ...] | None = None, binary_columns: bool = False) -> LabelledFile:
+    """Read and check a labelled file. One label column: single-label (names); several (or
+    `binary_columns`, e.g. one label of a multi-label head): multi-label, the column names are
+    the labels and hold 0/1."""
     path = Path(path)
     if not path.is_file():
         raise UserDataError(f"{path}: no such file")
@@ -104,7 +105,7 @@ def load(path: str | Path, text_column: str = "text", label_columns: tuple[str, 
         if not isinstance(text, str) or not text.strip():
             raise UserDataError(f"{path}: row {i}: column {text_column!r} is empty")
         texts.append(text)
-    multi = len(label_columns) > 1
+    multi = binary_columns or len(label_columns) > 1
     if multi:
         names = labels or tuple(label_columns)
         if set(names) != set(label_columns):

@@ -1,0 +1,76 @@
+"""Head-only domain adaptation of an existing head (models/adapt.py + graft.add_residual)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.train
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "minilm-moderation"
+# The stand-in moderators remove every comment about bananas, which no bundled set calls
+# offensive: the adapted head has to learn it from the rows.
+BANNED = ["bananas are the best", "I posted banana pics again", "more banana talk here",
+          "banana banana banana", "who wants a banana", "the banana thread is back"]
+FINE = ["the weather is nice today", "I fixed my bike", "see you at the meeting",
+        "this recipe needs salt", "the train was on time", "my cat sleeps all day"]
+
+
+def rows(seed: int, n: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    return [(f"{rng.choice(BANNED if i % 2 else FINE)} #{rng.randint(0, 9999)}", i % 2)
+            for i in range(n)]
+
+
+def write_user(path: Path, data: list[tuple[str, int]]) -> Path:
+    path.write_text("text,offensive\n" + "".join(f"{t},{y}\n" for t, y in data),
+                    encoding="utf-8")
+    return path
+
+
+def tiny_eval_data(root: Path) -> Path:
+    """A bundled-data directory with one set per head (sst2 -> sentiment, cad -> toxicity)."""
+    (root / "sst2").mkdir(parents=True)
+    (root / "cad").mkdir()
+    (root / "sst2" / "dev.tsv").write_text(
+        "text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in [
+            ("a charming and affecting journey", 1), ("bleak and desperate", 0),
+            ("the best film of the year", 1), ("a tedious mess", 0)] * 15), encoding="utf-8")
+    pairs = [(f"{t} #{i}", "hatespeech" if i % 3 == 0 else "normal")
+             for i, t in enumerate(["you are a disgusting idiot", "nice work on the patch",
+                                    "go away you moron", "thanks for sharing"] * 15)]
+    (root / "cad" / "val.json").write_text(json.dumps(pairs), encoding="utf-8")
+    return root
+
+
+def test_adapt_changes_only_the_adapted_logits_and_reports_drift(tmp_path: Path) -> None:
+    from wacht.models.adapt import adapt
+    from wacht.service.runtime.engine import Engine
+
+    out = tmp_path / "adapted"
+    metrics = adapt(MODEL, write_user(tmp_path / "comments.csv", rows(1, 200)), "toxicity",
+                    out, label_columns=("offensive",), data_license="CC0 (synthetic)",
+                    eval_data=tiny_eval_data(tmp_path / "data"))
+    before, after = (metrics["user_validation"][k]["roc_auc"]["offensive"]
+                     for k in ("before", "after"))
+    assert after > before and after > 0.9
+    new, old = Engine.load(out), Engine.load(MODEL)
+    texts = ["a banana thread again", "you are an idiot", "what a lovely morning"]
+    a, b = new.predict(texts), old.predict(texts)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.scores["sentiment"], y.scores["sentiment"], atol=1e-5)
+        # hate, insult, profanity: not in the user's file -> unchanged
+        np.testing.assert_allclose(x.scores["toxicity"][1:], y.scores["toxicity"][1:],
+                                   atol=1e-5)
+    assert a[0].scores["toxicity"][0] > b[0].scores["toxicity"][0] + 0.1
+    drift = metrics["drift"]
+    assert drift["other_heads_max_abs_delta"] == 0.0 and drift["bar_other_heads_below_1_point"]
+    assert {r["head"] for r in drift["rows"]} == {"sentiment", "toxicity"}
+    card = (out / "CARD.md").read_text(encoding="utf-8")
+    assert "## Drift on the bundled evaluation sets" in card
+    assert "| sst2_dev/macro_f1 | sentiment |" in card and "comments.csv" in card
+    assert json.loads((out / "metrics.json").read_text())["drift"]["rows"] == drift["rows"]
