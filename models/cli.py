@@ -132,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         return finetune_main(args)
     if args.command == "calibrate":
         from wacht.models.calibrate import calibrate, print_table
+        from wacht.models.userdata import UserDataError
 
-        print_table(calibrate(Path(args.model_dir), Path(args.data), args.task, args.target,
-                              args.text_column, tuple(args.label_column or ["label"]),
-                              Path(args.png) if args.png else None))
+        try:
+            result = calibrate(Path(args.model_dir), Path(args.data), args.task, args.target,
+                               args.text_column, tuple(args.label_column or ["label"]),
+                               Path(args.png) if args.png else None)
+        except UserDataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print_table(result)
         return 0
     if args.command == "import":
         from wacht.models.importer import import_hf, parse_category_overrides

@@ -167,3 +167,40 @@ def test_calibrate_meets_the_named_precision(tmp_path: Path) -> None:
     manifest = yaml.safe_load((model / "manifest.yaml").read_text())
     assert manifest["provenance"]["calibration"]["target"] == "precision=0.9"
     assert "calibrated on `tox.csv`" in (model / "CARD.md").read_text()
+
+
+def test_calibrate_rerun_replaces_its_card_section_and_bad_targets_fail_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from wacht.models.cli import main as models_main
+
+    model = tmp_path / "m"
+    shutil.copytree(MODEL, model)
+    rows = [("have a lovely day", 0), ("thanks for the help", 0), ("nice photo", 0),
+            ("you are a fucking idiot", 1), ("shut up you moron", 1), ("I agree", 0)]
+    data = tmp_path / "tox.csv"
+    data.write_text("text,offensive\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    base = ["calibrate", str(model), "--data", str(data), "--task", "toxicity",
+            "--label-column", "offensive"]  # one 0/1 column of the multi-label head
+    manifest_before = (model / "manifest.yaml").read_text()
+    for target in ("precision=1.5", "fmax", "recall=abc"):
+        assert models_main([*base, "--target", target]) == 2
+        assert "--target" in capsys.readouterr().err
+    assert models_main([*base[:5], "nope", "--target", "f1"]) == 2
+    assert "has tasks" in capsys.readouterr().err
+    assert (model / "manifest.yaml").read_text() == manifest_before  # nothing written
+    for target in ("f1", "recall=0.5", "f1"):
+        assert models_main([*base, "--target", target]) == 0
+    card = (model / "CARD.md").read_text()
+    assert card.count("## Thresholds of `toxicity` calibrated on `tox.csv`") == 1
+    assert card.rstrip().endswith("|") and "target f1" in card and "recall=0.5" not in card
+
+
+def test_calibrate_unreachable_precision_names_the_best_it_reaches() -> None:
+    from wacht.models.calibrate import CalibrationError, choose, curve
+
+    gold = np.array([1, 0, 0, 0] * 5)
+    with pytest.raises(CalibrationError, match=r"precision 0.9 .*best 0.250"):
+        choose(curve(gold, np.full(20, 0.5)), "precision=0.9")
