@@ -22,9 +22,21 @@ import yaml
 from wacht.models import userdata
 
 
-def val_mask(texts: list[str], percent: int = 10) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big") % 100
-                     < percent for t in texts])
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def val_mask(texts: list[str], percent: int = 10, gold: np.ndarray | None = None) -> np.ndarray:
+    """Deterministic validation rows. With `gold` (class index per row) stratified: in each
+    class the `percent`% of rows (at least one) with the lowest text hash."""
+    if gold is None or gold.ndim != 1:
+        return np.array([_hash(t) % 100 < percent for t in texts])
+    mask = np.zeros(len(texts), dtype=bool)
+    for c in np.unique(gold):
+        rows = np.flatnonzero(gold == c)
+        k = max(1, round(len(rows) * percent / 100))
+        mask[sorted(rows, key=lambda i: _hash(texts[i]))[:k]] = True
+    return mask
 
 
 def _fit(x: np.ndarray, y: np.ndarray, multi: bool, c: float):  # noqa: ANN202
@@ -56,7 +68,7 @@ def _macro_f1(model, x: np.ndarray, y: np.ndarray, multi: bool, classes: int) ->
 def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str = "text",
              label_columns: tuple[str, ...] = ("label",), val: Path | None = None,
              data_license: str = "not stated", baseline: bool = False,
-             threads: int = 2) -> dict:
+             threads: int = 2, features: str = "auto") -> dict:
     import onnx
 
     from wacht.models import graft
@@ -73,26 +85,38 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
         vf = userdata.load(val, text_column, label_columns, labels=lf.labels)
         tr_x, tr_y, va_texts, va_y = lf.texts, lf.gold, vf.texts, vf.gold
     else:
-        mask = val_mask(lf.texts)
+        mask = val_mask(lf.texts, gold=lf.gold)
         tr_x = [t for t, m in zip(lf.texts, mask, strict=True) if not m]
         va_texts = [t for t, m in zip(lf.texts, mask, strict=True) if m]
         tr_y, va_y = lf.gold[~mask], lf.gold[mask]
     classes = len(lf.labels)
-    e_tr = graft.embeddings(model_dir, tr_x, threads)
-    e_va = graft.embeddings(model_dir, va_texts, threads)
+    model = onnx.load(str(served.model_file))
+    if features == "auto":  # pooler+mean where the graph has a BERT-style last hidden state
+        try:
+            graft.hidden_tensor(model)
+            features = "pooler+mean"
+        except ValueError:
+            features = "pooler"
+    feat = graft.add_features(model, features)
+    e_tr = graft.tensors(model_dir, tr_x, [feat], threads, model=model)[feat]
+    e_va = graft.tensors(model_dir, va_texts, [feat], threads, model=model)[feat]
     embed_s = time.perf_counter() - started
+    # standardised features; the scaling is folded into the grafted weights below
+    mu, sd = e_tr.mean(0), e_tr.std(0) + 1e-6
+    z_tr, z_va = (e_tr - mu) / sd, (e_va - mu) / sd
     best = None
-    for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
-        m = _fit(e_tr, tr_y, lf.multi_label, c)
-        score = _macro_f1(m, e_va, va_y, lf.multi_label, classes)
+    for c in (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
+        m = _fit(z_tr, tr_y, lf.multi_label, c)
+        score = _macro_f1(m, z_va, va_y, lf.multi_label, classes)
         if best is None or score > best[0] + 1e-9:
             best = (score, c, m)
     assert best is not None
     val_f1, c, clf = best
     w, b = _weights(clf, lf.multi_label, classes)
+    w, b = w / sd[:, None], b - (mu / sd) @ w
     output = f"{task}_logits"
     out.mkdir(parents=True, exist_ok=True)
-    model = graft.add_head(onnx.load(str(served.model_file)), output, w, b)
+    model = graft.add_head(model, output, w, b, features)
     onnx.save(model, str(out / "model.onnx"))
     shutil.copyfile(served.tokenizer_file, out / "tokenizer.json")
     manifest = yaml.safe_load((model_dir / "manifest.yaml").read_text(encoding="utf-8"))
@@ -113,7 +137,8 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     write_manifest(out / "manifest.yaml", manifest)
     metrics = {"model": out.name, "task": task, "mode": "head-only",
                "split": {"train": len(tr_x), "validation": len(va_texts),
-                         "validation_from": str(val.name) if val else "hash split 10%"},
+                         "validation_from": str(val.name) if val else "hash split 10%, stratified"},
+               "features": features,
                "validation_macro_f1": round(val_f1, 4), "C": c,
                "seconds": {"embeddings": round(embed_s, 1)}}
     if baseline:
@@ -149,7 +174,7 @@ def main(args) -> int:  # noqa: ANN001
         metrics = finetune(Path(args.model_dir), Path(args.data), args.task, Path(args.out),
                            args.text_column, tuple(args.label_column or ["label"]),
                            Path(args.val) if args.val else None, args.data_license,
-                           args.baseline, args.threads)
+                           args.baseline, args.threads, args.features)
     except userdata.UserDataError as exc:
         print(f"error: {exc}")
         return 2

@@ -42,6 +42,56 @@ def embedding_tensor(model) -> str:  # noqa: ANN001
     return max(candidates, key=lambda t: order[t])
 
 
+FEATURES = ("pooler", "pooler+mean")
+
+
+def hidden_tensor(model) -> str:  # noqa: ANN001
+    """The encoder's last hidden state [batch, seq, dim]: what the pooler's Gather (the last
+    Gather the shared embedding depends on, over a computed tensor) reads."""
+    g = model.graph
+    ancestors = _ancestors(g, embedding_tensor(model))
+    producer = {o: n for n in g.node for o in n.output}
+    gathers = [n for n in g.node if n.op_type == "Gather" and n.output[0] in ancestors
+               and n.input[0] in producer and producer[n.input[0]].op_type != "Shape"]
+    if not gathers:
+        raise ValueError("model.onnx: no pooler Gather over the last hidden state")
+    return gathers[-1].input[0]
+
+
+def add_features(model, kind: str) -> str:  # noqa: ANN001
+    """The feature tensor a grafted head reads, adding its nodes to `model` if needed:
+    `pooler` = the shared embedding; `pooler+mean` = [pooler, attention-masked mean of the
+    last hidden state] (MiniLM was pre-trained for mean pooling)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if kind not in FEATURES:
+        raise ValueError(f"features {kind!r}: use one of {FEATURES}")
+    emb = embedding_tensor(model)
+    if kind == "pooler":
+        return emb
+    g = model.graph
+    name = "features_pooler_mean"
+    if name in {o for n in g.node for o in n.output}:
+        return name
+    hidden = hidden_tensor(model)
+    p = "/features/mean"
+    g.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), f"{p}/axes1"),
+                          numpy_helper.from_array(np.array([2], np.int64), f"{p}/axes2"),
+                          numpy_helper.from_array(np.array(1e-9, np.float32), f"{p}/eps")])
+    g.node.extend([
+        helper.make_node("Cast", ["attention_mask"], [f"{p}/mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [f"{p}/mask", f"{p}/axes2"], [f"{p}/mask3"]),
+        helper.make_node("Mul", [hidden, f"{p}/mask3"], [f"{p}/masked"]),
+        helper.make_node("ReduceSum", [f"{p}/masked", f"{p}/axes1"], [f"{p}/sum"], keepdims=0),
+        helper.make_node("ReduceSum", [f"{p}/mask3", f"{p}/axes1"], [f"{p}/count"],
+                         keepdims=0),
+        helper.make_node("Max", [f"{p}/count", f"{p}/eps"], [f"{p}/count1"]),
+        helper.make_node("Div", [f"{p}/sum", f"{p}/count1"], [f"{p}/mean"]),
+        helper.make_node("Concat", [emb, f"{p}/mean"], [name], axis=1),
+    ])
+    return name
+
+
 def with_outputs(model, names: list[str]):  # noqa: ANN001, ANN201
     """A copy of the model with extra float outputs [batch, dim] (e.g. the embedding)."""
     import onnx
@@ -54,11 +104,12 @@ def with_outputs(model, names: list[str]):  # noqa: ANN001, ANN201
     return m
 
 
-def add_head(model, output: str, weight: np.ndarray, bias: np.ndarray):  # noqa: ANN001, ANN201
-    """Append `output` = embedding @ weight + bias; weight [dim, labels]."""
+def add_head(model, output: str, weight: np.ndarray, bias: np.ndarray,  # noqa: ANN001, ANN201
+             features: str = "pooler"):
+    """Append `output` = features @ weight + bias; weight [dim, labels]."""
     from onnx import TensorProto, helper, numpy_helper
 
-    emb = embedding_tensor(model)
+    emb = add_features(model, features)
     g = model.graph
     if output in {o.name for o in g.output}:
         raise ValueError(f"model.onnx already has an output {output!r}")
@@ -114,9 +165,9 @@ def embeddings(model_dir: Path, texts: list[str], threads: int = 2,
 
 
 def tensors(model_dir: Path, texts: list[str], names: list[str], threads: int = 2,
-            batch_size: int = 64) -> dict[str, np.ndarray]:
+            batch_size: int = 64, model=None) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Named float tensors [batch, dim] (the embedding, a head's logits) of each text's first
-    window, through the served graph (graph outputs or intermediate tensors)."""
+    window, through the served graph or `model` (graph outputs or intermediate tensors)."""
     import onnx
     import onnxruntime as ort
 
@@ -125,7 +176,7 @@ def tensors(model_dir: Path, texts: list[str], names: list[str], threads: int = 
     from wacht.service.runtime.tokenize import WindowTokenizer
 
     md = load_model_dir(model_dir)
-    model = onnx.load(str(md.model_file))
+    model = onnx.load(str(md.model_file)) if model is None else model
     present = {o.name for o in model.graph.output}
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

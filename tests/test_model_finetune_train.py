@@ -45,6 +45,7 @@ def test_head_only_new_task_serves_and_keeps_old_heads(tmp_path: Path) -> None:
     metrics = finetune(MODEL, write(tmp_path / "train.csv", rows(1, 240)), "topic", out,
                        data_license="CC0 (synthetic)", baseline=True)
     assert metrics["validation_macro_f1"] > 0.6
+    assert metrics["features"] == "pooler+mean"  # the head reads [pooler, masked mean]
     held = evaluate_file(out, write(tmp_path / "test.csv", rows(2, 60)), "topic", "text",
                          ("label",))
     assert held["macro_f1"] > 0.6  # chance is ~0.33

@@ -204,3 +204,14 @@ def test_calibrate_unreachable_precision_names_the_best_it_reaches() -> None:
     gold = np.array([1, 0, 0, 0] * 5)
     with pytest.raises(CalibrationError, match=r"precision 0.9 .*best 0.250"):
         choose(curve(gold, np.full(20, 0.5)), "precision=0.9")
+
+
+def test_validation_split_is_stratified_and_deterministic() -> None:
+    from wacht.models.finetune import val_mask
+
+    texts = [f"row {i}" for i in range(230)]
+    gold = np.array([0] * 200 + [1] * 20 + [2] * 10)
+    mask = val_mask(texts, 10, gold)
+    assert [int(mask[gold == c].sum()) for c in (0, 1, 2)] == [20, 2, 1]
+    assert (val_mask(texts, 10, gold) == mask).all()
+    assert val_mask(texts[:5], 10).shape == (5,)  # unstratified: by hash alone
