@@ -162,6 +162,7 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
 
     from wacht.models import graft
     from wacht.models.evaluate import evaluate
+    from wacht.models.finetune import card_tail, user_data, user_data_section
     from wacht.models.package import finish_directory, write_manifest
     from wacht.service.runtime.model_dir import load_model_dir
 
@@ -205,9 +206,7 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     shutil.copyfile(served.tokenizer_file, out / "tokenizer.json")
     manifest = yaml.safe_load((model_dir / "manifest.yaml").read_text(encoding="utf-8"))
     manifest["name"] = out.name
-    user = {"file": data.name, "sha256": lf.sha256, "rows": len(lf.texts),
-            "label_counts": lf.label_counts(), "license": data_license,
-            "text_column": text_column, "label_columns": list(label_columns)}
+    user = user_data(lf, data, data_license, text_column, label_columns)
     manifest["provenance"] = {**manifest.get("provenance", {}), "finetuned_from": str(
         served.manifest.name), "finetune": {
         "mode": "head-only", "adapt": task_name, "user_data": user,
@@ -245,9 +244,6 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     metrics["seconds"]["total"] = round(time.perf_counter() - started, 1)
 
     def card(sums: dict[str, str]) -> str:
-        base = (model_dir / "CARD.md").read_text(encoding="utf-8") \
-            if (model_dir / "CARD.md").is_file() else ""
-        counts = ", ".join(f"{k}: {v}" for k, v in user["label_counts"].items())
         before, after = metrics["user_validation"]["before"], metrics["user_validation"]["after"]
         drift = metrics.get("drift")
         text = (f"# {out.name}\n\nHead-only domain adaptation of `{served.manifest.name}`: the "
@@ -256,10 +252,8 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
                 f"weights, chosen on the validation split). Same graph, same outputs: the other "
                 f"heads are unchanged, and the `{task_name}` labels your file does not name keep "
                 f"bit-identical logits. Thresholds are the original ones; re-run `wacht models "
-                f"calibrate` on your sample to move them.\n\n## Your data\n\n"
-                f"- file: `{data.name}`, sha256 `{lf.sha256}`, {len(lf.texts)} rows\n"
-                f"- label counts: {counts}\n- licence (as stated by the user): "
-                f"{data_license}\n\n## `{task_name}` on your held-out split ({len(va_x)} rows, "
+                f"calibrate` on your sample to move them.\n\n" + user_data_section(user)
+                + f"\n## `{task_name}` on your held-out split ({len(va_x)} rows, "
                 f"{val_from})\n\n| | macro-F1 | per label F1 | ROC-AUC |\n|---|---|---|---|\n"
                 f"| original | {before['macro_f1']} | {before['f1']} | {before['roc_auc']} |\n"
                 f"| adapted | {after['macro_f1']} | {after['f1']} | {after['roc_auc']} |\n")
@@ -271,8 +265,7 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
                      f"domain).\n\n" + drift_markdown(drift["rows"]) + "\n")
         else:
             text += "\n## Drift\n\nNot measured (no evaluation data given).\n"
-        return (text + "\n## Files\n\n" + "\n".join(f"- `{k}`: `{v}`" for k, v in sums.items())
-                + "\n\n## Base model card\n\n" + base)
+        return text + card_tail(model_dir, sums)
 
     finish_directory(out, card, metrics)
     return metrics

@@ -65,6 +65,29 @@ def _macro_f1(model, x: np.ndarray, y: np.ndarray, multi: bool, classes: int) ->
                           labels=None if multi else list(range(classes)), zero_division=0))
 
 
+def user_data(lf: userdata.LabelledFile, data: Path, data_license: str, text_column: str,
+              label_columns: tuple[str, ...]) -> dict:
+    """How the CARD and the manifest describe the user's file."""
+    return {"file": data.name, "sha256": lf.sha256, "rows": len(lf.texts),
+            "label_counts": lf.label_counts(), "license": data_license,
+            "text_column": text_column, "label_columns": list(label_columns)}
+
+
+def user_data_section(user: dict) -> str:
+    counts = ", ".join(f"{k}: {v}" for k, v in user["label_counts"].items())
+    return (f"## Your data\n\n- file: `{user['file']}`, sha256 `{user['sha256']}`, "
+            f"{user['rows']} rows\n- label counts: {counts}\n- licence (as stated by the "
+            f"user): {user['license']}\n")
+
+
+def card_tail(model_dir: Path, sums: dict[str, str]) -> str:
+    """The Files section and the base model's card, which every derived card ends with."""
+    base = (model_dir / "CARD.md").read_text(encoding="utf-8") \
+        if (model_dir / "CARD.md").is_file() else ""
+    return ("\n## Files\n\n" + "\n".join(f"- `{k}`: `{v}`" for k, v in sums.items())
+            + "\n\n## Base model card\n\n" + base)
+
+
 def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str = "text",
              label_columns: tuple[str, ...] = ("label",), val: Path | None = None,
              data_license: str = "not stated", baseline: bool = False,
@@ -126,9 +149,7 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     manifest["tasks"].append({"name": task, "output": output, "activation": activation,
                               "labels": labels})
     manifest["name"] = out.name
-    user = {"file": data.name, "sha256": lf.sha256, "rows": len(lf.texts),
-            "label_counts": lf.label_counts(), "license": data_license,
-            "text_column": text_column, "label_columns": list(label_columns)}
+    user = user_data(lf, data, data_license, text_column, label_columns)
     manifest["provenance"] = {**manifest.get("provenance", {}), "finetuned_from": str(
         served.manifest.name), "finetune": {
         "mode": "head-only", "task": task, "user_data": user,
@@ -152,18 +173,11 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     metrics["seconds"]["total"] = round(time.perf_counter() - started, 1)
 
     def card(sums: dict[str, str]) -> str:
-        base = (model_dir / "CARD.md").read_text(encoding="utf-8") \
-            if (model_dir / "CARD.md").is_file() else ""
-        counts = ", ".join(f"{k}: {v}" for k, v in user["label_counts"].items())
         return (f"# {out.name}\n\nHead-only fine-tune of `{served.manifest.name}`: new task "
                 f"`{task}` ({activation}; labels {list(lf.labels)}) grafted next to the "
-                f"existing heads (encoder and old heads unchanged).\n\n## Your data\n\n"
-                f"- file: `{data.name}`, sha256 `{lf.sha256}`, {len(lf.texts)} rows\n"
-                f"- label counts: {counts}\n- licence (as stated by the user): "
-                f"{data_license}\n\n## Metrics (held-out validation split)\n\n```json\n"
-                f"{json.dumps(metrics, indent=2)}\n```\n\n## Files\n\n"
-                + "\n".join(f"- `{k}`: `{v}`" for k, v in sums.items())
-                + "\n\n## Base model card\n\n" + base)
+                f"existing heads (encoder and old heads unchanged).\n\n"
+                + user_data_section(user) + "\n## Metrics (held-out validation split)\n\n"
+                f"```json\n{json.dumps(metrics, indent=2)}\n```\n" + card_tail(model_dir, sums))
 
     finish_directory(out, card, metrics)
     return metrics
