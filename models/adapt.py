@@ -157,7 +157,7 @@ def drift_markdown(rows: list[dict]) -> str:
 def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: str = "text",
           label_columns: tuple[str, ...] = ("label",), val: Path | None = None,
           data_license: str = "not stated", eval_data: Path | None = None,
-          threads: int = 2) -> dict:
+          threads: int = 2, penalty: float | None = None) -> dict:
     import onnx
 
     from wacht.models import graft
@@ -189,12 +189,13 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     base_va = t_va[task.output] if softmax else t_va[task.output][:, columns]
     tries = []
     best = None
-    for penalty in PENALTIES:
-        dw, db = fit_delta(t_tr[emb], base_tr, tr_y, softmax, penalty)
+    # a larger penalty keeps the head closer to the shipped one (less drift elsewhere)
+    for p in PENALTIES if penalty is None else (penalty,):
+        dw, db = fit_delta(t_tr[emb], base_tr, tr_y, softmax, p)
         val_loss = log_loss(base_va + t_va[emb] @ dw + db, va_y, softmax)
-        tries.append({"penalty": penalty, "validation_log_loss": round(val_loss, 4)})
+        tries.append({"penalty": p, "validation_log_loss": round(val_loss, 4)})
         if best is None or val_loss < best[0] - 1e-9:
-            best = (val_loss, penalty, dw, db)
+            best = (val_loss, p, dw, db)
     assert best is not None
     _, penalty, dw, db = best
     k = len(task.label_names)
@@ -283,7 +284,7 @@ def main(args) -> int:  # noqa: ANN001
                         args.text_column, tuple(args.label_column or ["label"]),
                         Path(args.val) if args.val else None, args.data_license,
                         None if args.eval_data == "none" else Path(args.eval_data),
-                        args.threads)
+                        args.threads, args.penalty)
     except userdata.UserDataError as exc:
         print(f"error: {exc}")
         return 2

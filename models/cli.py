@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--adapt", metavar="TASK", help="re-fit this existing head's last layer "
                       "on your rows (sigmoid head: 0/1 --label-column named after its labels; "
                       "softmax head: one label column of its label names)")
+    ft.add_argument("--penalty", type=float, help="with --adapt: a fixed L2 penalty on the "
+                    "change (larger: closer to the shipped head; default: chosen on the "
+                    "validation split)")
     ft.add_argument("--eval-data", default=str(DEFAULT_DATA_DIR),
                     help="with --adapt: the bundled evaluation sets the drift is measured on "
                     "('none' to skip)")

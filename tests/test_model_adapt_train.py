@@ -74,3 +74,20 @@ def test_adapt_changes_only_the_adapted_logits_and_reports_drift(tmp_path: Path)
     assert "## Drift on the bundled evaluation sets" in card
     assert "| sst2_dev/macro_f1 | sentiment |" in card and "comments.csv" in card
     assert json.loads((out / "metrics.json").read_text())["drift"]["rows"] == drift["rows"]
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_fit_delta_lowers_the_loss_and_a_larger_penalty_changes_less(softmax: bool) -> None:
+    from wacht.models.adapt import fit_delta, log_loss
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    base = rng.normal(size=(300, 3))
+    truth = x @ rng.normal(size=(8, 3))
+    y = truth.argmax(1) if softmax else (truth > 0).astype(int)
+    sizes = []
+    for penalty in (1e-4, 1.0):
+        dw, db = fit_delta(x, base, y, softmax, penalty)
+        assert log_loss(base + x @ dw + db, y, softmax) < log_loss(base, y, softmax)
+        sizes.append(np.abs(dw).sum())
+    assert sizes[1] < sizes[0] / 3
