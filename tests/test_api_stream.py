@@ -113,3 +113,41 @@ def test_cancelled_stream_is_counted_cancelled(wacht_server: ServerThread) -> No
             time.sleep(0.05)
         assert cancelled() == before + 1
         assert c.moderate(["still serving"]).results[0].id == "0"
+
+
+def test_client_that_never_reads_is_held_back(wacht_server: ServerThread) -> None:
+    """A client that writes small messages forever and never reads: once both HTTP/2 windows
+    are full the server stops reading, so the count of messages taken from the client stops
+    growing. The client keeps BDP probing off: with it on, the client's own transport keeps
+    enlarging its receive window and buffers the replies in the client's memory."""
+    from wacht.v1 import moderation_pb2_grpc
+
+    pulled = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def messages():
+        nonlocal pulled
+        i = 0
+        while not stop.is_set():
+            i += 1
+            yield moderation_pb2.ModerateStreamRequest(
+                message_id=str(i), request=moderate_request([f"short text {i}"])
+            )
+            with lock:
+                pulled += 1
+
+    channel = grpc.insecure_channel(wacht_server.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = moderation_pb2_grpc.ModerationStub(channel).ModerateStream(messages(), timeout=60)
+        counts = []
+        for _ in range(3):
+            time.sleep(1.5)
+            with lock:
+                counts.append(pulled)
+        call.cancel()
+        stop.set()
+    finally:
+        channel.close()
+    assert counts[0] > 100, counts  # the stream was served at first
+    assert counts[2] - counts[1] <= 8, counts  # ...then reading stopped
