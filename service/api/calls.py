@@ -147,7 +147,21 @@ async def _abort(
     metadata = tuple(status.trailing_metadata)
     if call is not None:
         metadata += ((REQUEST_ID_KEY, call.request_id),)
-    await context.abort(status.code, status.details, metadata)
+    await _send_status(context, status.code, status.details, metadata)
+
+
+async def _send_status(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str, metadata: tuple
+) -> None:
+    try:
+        await context.abort(code, details, metadata)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        # The call is already gone (the client cancelled or its deadline passed), so core
+        # refuses to send the status: nobody is left to tell. Ending as a cancellation keeps
+        # grpc from logging the refusal as an unexpected servicer error.
+        raise asyncio.CancelledError from None
 
 
 def metadata_dict(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -264,7 +278,7 @@ class CallRunner:
         except errors.ApiError as error:
             status = error.to_grpc_status()
             metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
-            await context.abort(status.code, status.details, metadata)
+            await _send_status(context, status.code, status.details, metadata)
             raise AssertionError("unreachable") from None  # abort raises
 
     async def streaming(
