@@ -162,7 +162,7 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
 
     from wacht.models import graft
     from wacht.models.evaluate import evaluate
-    from wacht.models.finetune import card_tail, user_data, user_data_section
+    from wacht.models.finetune import card_tail, provenance, user_data, user_data_section
     from wacht.models.package import finish_directory, write_manifest
     from wacht.service.runtime.model_dir import load_model_dir
 
@@ -208,13 +208,11 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     manifest = yaml.safe_load((model_dir / "manifest.yaml").read_text(encoding="utf-8"))
     manifest["name"] = out.name
     user = user_data(lf, data, data_license, text_column, label_columns)
-    manifest["provenance"] = {**manifest.get("provenance", {}), "finetuned_from": str(
-        served.manifest.name), "finetune": {
-        "mode": "head-only", "adapt": task_name, "user_data": user,
-        "rebuild_command": f"wacht models finetune {model_dir} --adapt {task_name} --data "
-                           f"{data.name} " + " ".join(f"--label-column {c}"
-                                                      for c in label_columns)
-                           + f" --out {out.name}"}}
+    columns_args = " ".join(f"--label-column {c}" for c in label_columns)
+    manifest["provenance"] = provenance(
+        manifest, str(served.manifest.name), user,
+        f"wacht models finetune {model_dir} --adapt {task_name} --data {data.name} "
+        f"{columns_args} --out {out.name}", adapt=task_name)
     write_manifest(out / "manifest.yaml", manifest)
     (out / "SHA256SUMS").unlink(missing_ok=True)
     from wacht.service.runtime.model_dir import write_sha256sums

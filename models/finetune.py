@@ -73,6 +73,12 @@ def user_data(lf: userdata.LabelledFile, data: Path, data_license: str, text_col
             "text_column": text_column, "label_columns": list(label_columns)}
 
 
+def provenance(manifest: dict, base: str, user: dict, rebuild: str, **what: str) -> dict:
+    """The fine-tuned directory's provenance: the base model's, plus how it was derived."""
+    finetune = {"mode": "head-only", **what, "user_data": user, "rebuild_command": rebuild}
+    return {**manifest.get("provenance", {}), "finetuned_from": base, "finetune": finetune}
+
+
 def user_data_section(user: dict) -> str:
     counts = ", ".join(f"{k}: {v}" for k, v in user["label_counts"].items())
     return (f"## Your data\n\n- file: `{user['file']}`, sha256 `{user['sha256']}`, "
@@ -150,11 +156,10 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
                               "labels": labels})
     manifest["name"] = out.name
     user = user_data(lf, data, data_license, text_column, label_columns)
-    manifest["provenance"] = {**manifest.get("provenance", {}), "finetuned_from": str(
-        served.manifest.name), "finetune": {
-        "mode": "head-only", "task": task, "user_data": user,
-        "rebuild_command": f"wacht models finetune {model_dir} --data {data.name} --task "
-                           f"{task} --out {out.name}"}}
+    manifest["provenance"] = provenance(
+        manifest, str(served.manifest.name), user,
+        f"wacht models finetune {model_dir} --data {data.name} --task {task} --out {out.name}",
+        task=task)
     write_manifest(out / "manifest.yaml", manifest)
     metrics = {"model": out.name, "task": task, "mode": "head-only",
                "split": {"train": len(tr_x), "validation": len(va_texts),
