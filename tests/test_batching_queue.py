@@ -79,3 +79,14 @@ def test_a_shared_flow_keeps_its_calls_in_order_and_takes_turns():
     assert order == [(a1, 0), (b, 0), (a1, 1), (a2, 0)]
     queue.push([QueuedWindow(a2, 1, 1, 0.0)], flow="caller-a")
     assert queue.discard(a2, "caller-a") == 1 and len(queue) == 0
+
+
+def test_wait_ahead_of_a_call_joining_its_callers_flow():
+    a, b = object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(a, i, 1, 0.0) for i in range(5)], flow="caller-a")
+    queue.push([QueuedWindow(b, 0, 1, 0.0)])
+    assert queue.ahead_of(1) == 2  # a new flow: one turn of each of the two flows
+    # behind caller-a's five queued windows: six turns, bounded by what is queued
+    assert queue.ahead_of(1, "caller-a") == 6
+    assert queue.ahead_of(1, "caller-b") == 2  # a named flow with nothing queued

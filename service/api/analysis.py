@@ -71,7 +71,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
             log.debug("analyze", texts=texts_summary(texts))
             scored, timings = await target.core.score(
                 texts, truncation=truncation, deadline=call.deadline, model=request.model,
-                language=language,
+                language=language, caller=call.flow,
             )
         refs, common = model_refs(target, [s.model for s in scored])
         results = []

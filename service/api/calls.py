@@ -32,7 +32,7 @@ from wacht.service.security import (
     SecurityError,
     Unauthenticated,
 )
-from wacht.service.security.guard import ANONYMOUS, OPEN_ENTRY
+from wacht.service.security.guard import ANONYMOUS, MTLS, OPEN_ENTRY
 from wacht.service.security.quotas import Ticket
 
 if TYPE_CHECKING:
@@ -66,6 +66,12 @@ class Call:
 
     def elapsed_ns(self) -> int:
         return int((time.monotonic() - self.started) * 1e9)
+
+    @property
+    def flow(self) -> str:
+        """The batcher's fair-queueing key: a named caller's calls share one flow (served in
+        turn with other callers'), unnamed callers' calls are each their own flow."""
+        return "" if self.caller.name in (ANONYMOUS, MTLS) else self.caller.name
 
     def admit(self, models: Sequence[str], texts: int) -> contextlib.AbstractContextManager[None]:
         """Before scoring: may the caller use `models`, and has it `texts` texts/s left?

@@ -150,7 +150,9 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         target = self.state.target(request.model, prefix + "model")
         ids, texts = check_texts(request.texts, self.state.config.limits, v)
         language = check_language(request.language, v, "language")
-        options = moderate_options(request, target.categories, target.policies, v, call.deadline)
+        options = moderate_options(
+            request, target.categories, target.policies, v, call.deadline, call.flow
+        )
         v.raise_if_any()
         with call.admit([m.name for m in target.models], len(texts)):
             self.state.metrics.texts.labels(call.method).inc(len(texts))
@@ -286,7 +288,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
             for key, value in request.threshold_overrides.items():
                 as_moderate.threshold_overrides[key].CopyFrom(value)
             options = moderate_options(
-                as_moderate, target.categories, target.policies, v, call.deadline
+                as_moderate, target.categories, target.policies, v, call.deadline, call.flow
             )
             v.raise_if_any()
             with call.admit([m.name for m in target.models], 1):

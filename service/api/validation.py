@@ -160,6 +160,7 @@ def moderate_options(
     policies: Any,
     v: Violations,
     deadline: float | None,
+    caller: str = "",
 ) -> ModerateOptions:
     toxicity = sentiment = not request.analyses
     for i, kind in enumerate(request.analyses):
@@ -186,4 +187,5 @@ def moderate_options(
         raw_scores=request.raw_scores,
         truncation=check_truncation(request.truncation, v),  # type: ignore[arg-type]
         deadline=deadline,
+        caller=caller,
     )

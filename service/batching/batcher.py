@@ -320,7 +320,9 @@ class Batcher:
             raise QueueFull(
                 self._retry_after(count), self._queued_texts, self.config.max_queue_texts
             )
-        self.check_wait(self.estimate_windows(texts, truncation, max_windows), deadline, count)
+        self.check_wait(
+            self.estimate_windows(texts, truncation, max_windows), deadline, count, caller
+        )
         self._admit(count)
         if self._idle() and count <= self._micro[1]:
             return await self._score_directly(list(texts), truncation, max_windows, deadline)
@@ -336,7 +338,7 @@ class Batcher:
             capacity=count * (1 if truncation == "head" else max_windows),
             tokenized=False,
         )
-        request.flow = ("caller", caller) if caller else request
+        request.flow = ("caller", caller) if caller else request  # as in estimated_wait
         try:
             for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS, TOKENIZE_CHUNK_TEXTS):
                 if not request.live:
@@ -409,13 +411,15 @@ class Batcher:
         per_window = self._chars_per_window
         return sum(min(max_windows, 1 + int(len(t) // per_window)) for t in texts)
 
-    def estimated_wait(self, windows: int = 1) -> float:
-        """Seconds a new call of `windows` windows would wait for the work ahead of it
-        under round-robin (queued, being tokenised, running) at the measured rate."""
+    def estimated_wait(self, windows: int = 1, caller: str = "") -> float:
+        """Seconds a new call of `windows` windows (of `caller`'s flow, if named) would wait
+        for the work ahead of it under round-robin (queued, being tokenised, running) at the
+        measured rate."""
         if self._window_s <= 0:
             return 0.0
         threads = max(1, self.config.inference_threads)
-        ahead = self._queue.ahead_of(windows) + self._running_windows
+        flow = ("caller", caller) if caller else None
+        ahead = self._queue.ahead_of(windows, flow) + self._running_windows
         ahead += min(self._tokenizing, 1) * windows  # a tokenising call takes its turns too
         return ahead * self._window_s / threads
 
@@ -423,10 +427,12 @@ class Batcher:
         """Seconds this batcher needs for `windows` windows of one call on its own."""
         return windows * self._window_s / max(1, self.config.inference_threads)
 
-    def check_wait(self, windows: int, deadline: float | None, texts: int = 0) -> None:
+    def check_wait(
+        self, windows: int, deadline: float | None, texts: int = 0, caller: str = ""
+    ) -> None:
         """Raise Overloaded when a call of `windows` windows would wait longer than
         max_queue_wait_ms, or would not finish before its deadline."""
-        wait = self.estimated_wait(windows)
+        wait = self.estimated_wait(windows, caller)
         if wait <= 0:
             return
         bound = self.config.max_queue_wait_ms / 1000 or float("inf")

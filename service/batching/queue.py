@@ -75,10 +75,14 @@ class WindowQueue:
         """Admission time of the longest-waiting window at the head of a flow."""
         return min((q[0].enqueued for q in self._flows.values()), default=None)
 
-    def ahead_of(self, windows: int) -> int:
-        """Windows served before a new flow of `windows` windows would finish under
-        round-robin (an upper bound: each flow contributes at most `windows`)."""
-        return min(self._size, len(self._flows) * max(1, windows))
+    def ahead_of(self, windows: int, flow: Hashable | None = None) -> int:
+        """Windows served before `windows` more windows would finish under round-robin, as a
+        new flow or appended to `flow` (behind its queued windows): an upper bound, each
+        flow contributes at most that many."""
+        turns = max(1, windows)
+        if flow is not None:
+            turns += len(self._flows.get(flow, ()))
+        return min(self._size, len(self._flows) * turns)
 
     def _round_robin(self) -> Iterator[QueuedWindow]:
         depth = 0
