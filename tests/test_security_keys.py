@@ -258,7 +258,7 @@ def _fair_per_caller(server: Any) -> None:
 
     long_call = threading.Thread(target=call, args=("big", "bulk", big))
     long_call.start()
-    time.sleep(0.5)
+    time.sleep(1.0)  # its texts are tokenised and queued (in 64 KB chunks) by then
     small = [threading.Thread(target=call, args=(name, key, ["hello there"]))
              for name, key in (("calm", "calm"), ("bulk-small", "bulk"))]
     for t in small:
