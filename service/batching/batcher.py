@@ -163,6 +163,11 @@ class DeadlineExceeded(Exception):
     pass
 
 
+
+def _caller_flow(caller: str) -> tuple[str, str] | None:
+    """The queue flow a named caller's calls share; None: the call is its own flow."""
+    return ("caller", caller) if caller else None
+
 class BatcherClosed(Exception):
     """score() called before start() or after stop() began."""
 
@@ -338,7 +343,7 @@ class Batcher:
             capacity=count * (1 if truncation == "head" else max_windows),
             tokenized=False,
         )
-        request.flow = ("caller", caller) if caller else request  # as in estimated_wait
+        request.flow = _caller_flow(caller) or request
         try:
             for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS, TOKENIZE_CHUNK_TEXTS):
                 if not request.live:
@@ -418,8 +423,7 @@ class Batcher:
         if self._window_s <= 0:
             return 0.0
         threads = max(1, self.config.inference_threads)
-        flow = ("caller", caller) if caller else None
-        ahead = self._queue.ahead_of(windows, flow) + self._running_windows
+        ahead = self._queue.ahead_of(windows, _caller_flow(caller)) + self._running_windows
         ahead += min(self._tokenizing, 1) * windows  # a tokenising call takes its turns too
         return ahead * self._window_s / threads
 
