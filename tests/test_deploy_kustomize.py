@@ -119,7 +119,7 @@ def test_shipped_client_service_config_is_the_clients_default() -> None:
     assert shipped == SERVICE_CONFIG
     assert shipped["loadBalancingConfig"] == [{"round_robin": {}}]
     retry = shipped["methodConfig"][0]["retryPolicy"]
-    assert retry["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert retry["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
 
 
 def test_autoscaling_extras_name_the_exported_metric() -> None:

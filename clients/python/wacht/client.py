@@ -64,8 +64,10 @@ ANALYSES = {
 MAX_MESSAGE_BYTES = 64 << 20
 # The client default service config (deploy/kubernetes/client-service-config.json is the
 # same, checked by a test): spread calls over every resolved address, and retry a call
-# that got UNAVAILABLE (a replica draining or gone) on another one. Every Wacht method is
-# safe to retry: none changes state.
+# that got UNAVAILABLE (a replica draining or gone) on another one, or CANCELLED before any
+# answer: a stream that reached a replica in the instant its port closes is reset by grpc
+# core (RST_STREAM CANCEL), seen as CANCELLED. A call the application cancels is never
+# retried. Every Wacht method is safe to retry: none changes state.
 SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
@@ -80,7 +82,7 @@ SERVICE_CONFIG: dict[str, Any] = {
                 "initialBackoff": "0.05s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         }
     ],
