@@ -12,7 +12,9 @@
    is back within 2x the unloaded p99 (five in a row).
 3. Fairness: one call of 256 texts x 64 KB while a polite client sends one short call every
    200 ms: the polite calls' p50/max latency and the big call's time; then a greedy client
-   with twelve 256-text calls at a time against the same polite client.
+   with twelve 256-text calls at a time against the same polite client. Each role has its
+   own API key (the server gets a callers file), so fair queueing is per caller;
+   `--anonymous` runs without keys (every call its own flow).
 4. Memory: server RSS idle, after one and after three 256 x 64 KB calls at once, and 5 s
    later (pass --env WACHT_BATCHING__MAX_CALL_WINDOWS=0: the default cost cap refuses them).
 
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import DEFAULT_MODEL, ServerProcess
+from wacht.client import AsyncWachtClient
+from wacht.service.security import generate_key, hash_key
+
+# One API key per load role; the server gets a callers file with them (unless --anonymous),
+# so its fair queueing sees three callers, as it would in production.
+KEYS = {who: generate_key() for who in ("bench", "greedy", "polite")}
+_use_keys = [True]
+
+
+def client_for(address: str, who: str = "bench", **options: Any) -> AsyncWachtClient:
+    return AsyncWachtClient(address, api_key=KEYS[who] if _use_keys[0] else None, **options)
 
 SHORT = [
     "thanks, that was helpful",
@@ -106,10 +121,8 @@ async def one_call(client: Any, texts: list[str], timeout: float = DEADLINE_S) -
 
 
 async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
-    from wacht.client import AsyncWachtClient
-
     mix = Mix()
-    async with AsyncWachtClient(address) as client:
+    async with client_for(address) as client:
         stop = time.perf_counter() + seconds
         counter = 0
 
@@ -123,15 +136,16 @@ async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
     return mix
 
 
-async def open_loop(address: str, rate: float, seconds: float) -> tuple[Mix, float]:
-    """`rate` calls/s for `seconds`, each on its own task; returns the mix and the time the
-    last call was sent (perf_counter)."""
-    from wacht.client import AsyncWachtClient
-
+async def open_loop(
+    address: str, rate: float, seconds: float, after: Any = None
+) -> tuple[Mix, Any]:
+    """`rate` calls/s for `seconds`, each on its own task; returns the mix and what
+    `after(time the last call was sent)` returned, started at that moment (so it runs while
+    the calls still in flight finish)."""
     mix = Mix()
     tasks: list[asyncio.Task] = []
     channels = 4  # several connections, as many clients would have
-    clients = [AsyncWachtClient(address) for _ in range(channels)]
+    clients = [client_for(address) for _ in range(channels)]
     try:
         started = time.perf_counter()
         sent = 0
@@ -145,9 +159,9 @@ async def open_loop(address: str, rate: float, seconds: float) -> tuple[Mix, flo
                 tasks.append(asyncio.create_task(one_call(client, [SHORT[sent % len(SHORT)]])))
                 sent += 1
             await asyncio.sleep(0.001)
-        last_sent = time.perf_counter()
+        probe = asyncio.create_task(after(time.perf_counter())) if after else None
         mix.outcomes = list(await asyncio.gather(*tasks))
-        return mix, last_sent
+        return mix, (await probe if probe else None)
     finally:
         for client in clients:
             await client.close()
@@ -155,10 +169,8 @@ async def open_loop(address: str, rate: float, seconds: float) -> tuple[Mix, flo
 
 async def recovery(address: str, since: float, normal_ms: float, limit_s: float = 30.0) -> float:
     """Seconds from `since` until five lone calls in a row finish within `normal_ms`."""
-    from wacht.client import AsyncWachtClient
-
     good = 0
-    async with AsyncWachtClient(address) as client:
+    async with client_for(address) as client:
         while time.perf_counter() - since < limit_s:
             outcome = await one_call(client, [SHORT[0]], timeout=limit_s)
             good = good + 1 if outcome.code == "OK" and outcome.seconds * 1000 <= normal_ms else 0
@@ -176,8 +188,9 @@ async def bench_overload(address: str, seconds: float, factor: float) -> None:
     print(f"capacity: {capacity:.0f} calls/s (c=16, {dict(capacity_mix.codes())}); "
           f"unloaded p50 {pct(unloaded, .5):.1f} ms p99 {pct(unloaded, .99):.1f} ms", flush=True)
     rate = capacity * factor
-    mix, last_sent = await open_loop(address, rate, seconds)
-    # recovery starts when the offered load stops, measured after the in-flight calls ended
+    normal_ms = 2 * pct(unloaded, .99)
+    mix, seconds_to_normal = await open_loop(
+        address, rate, seconds, lambda since: recovery(address, since, normal_ms))
     codes = mix.codes()
     total = sum(codes.values())
     ok = mix.ok_ms()
@@ -195,25 +208,24 @@ async def bench_overload(address: str, seconds: float, factor: float) -> None:
         print(f"  RESOURCE_EXHAUSTED arrived after p50 {pct(waits, .5):.1f} ms "
               f"p99 {pct(waits, .99):.1f} ms; RetryInfo p50 {pct(retries, .5):.3f} s "
               f"max {max(retries, default=float('nan')):.3f} s", flush=True)
-    seconds_to_normal = await recovery(address, last_sent, 2 * pct(unloaded, .99))
     print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
           f"were within 2x the unloaded p99", flush=True)
 
 
 async def bench_fairness(address: str) -> None:
-    from wacht.client import AsyncWachtClient
-
     big = [long_text(i) for i in range(256)]
-    async with AsyncWachtClient(address, timeout=600) as client:
+    async with client_for(address, "greedy", timeout=600) as greedy_client, \
+            client_for(address, "polite", timeout=600) as polite_client:
         polite: list[Outcome] = []
-        big_task = asyncio.create_task(one_call(client, big, timeout=600))
+        big_task = asyncio.create_task(one_call(greedy_client, big, timeout=600))
         await asyncio.sleep(0.5)
         while not big_task.done():
-            polite.append(await one_call(client, [SHORT[1]]))
+            polite.append(await one_call(polite_client, [SHORT[1]]))
             await asyncio.sleep(0.2)
         result = big_task.result()
         ms = [o.seconds * 1000 for o in polite if o.code == "OK"]
-        print(f"fairness: one 256 x 64 KB call {result.code} in {result.seconds:.1f} s; "
+        print(f"fairness ({'callers by API key' if _use_keys[0] else 'anonymous'}): one "
+              f"256 x 64 KB call {result.code} in {result.seconds:.1f} s; "
               f"{len(polite)} polite calls meanwhile: {Counter(o.code for o in polite)} "
               f"p50 {pct(ms, .5):.0f} ms max {max(ms, default=float('nan')):.0f} ms", flush=True)
 
@@ -224,14 +236,15 @@ async def bench_fairness(address: str) -> None:
             seen: Counter[str] = Counter()
             texts = [long_text(i, 2000) for i in range(256)]
             while not stop.is_set():
-                batch = await asyncio.gather(*(one_call(client, texts, 60) for _ in range(12)))
+                batch = await asyncio.gather(
+                    *(one_call(greedy_client, texts, 60) for _ in range(12)))
                 seen.update(o.code for o in batch)
             return seen
 
         greedy_task = asyncio.create_task(greedy())
         started = time.perf_counter()
         while time.perf_counter() - started < 15:
-            polite.append(await one_call(client, [SHORT[2]]))
+            polite.append(await one_call(polite_client, [SHORT[2]]))
             await asyncio.sleep(0.2)
         stop.set()
         greedy_codes = await greedy_task
@@ -242,11 +255,9 @@ async def bench_fairness(address: str) -> None:
 
 
 async def bench_memory(address: str, pid: int) -> None:
-    from wacht.client import AsyncWachtClient
-
     idle = rss_mb(pid)
     big = [long_text(i) for i in range(256)]
-    async with AsyncWachtClient(address, timeout=900) as client:
+    async with client_for(address, timeout=900) as client:
         for calls in (1, 3):
             started = time.perf_counter()
             outcomes = await asyncio.gather(*(one_call(client, big, 900) for _ in range(calls)))
@@ -261,6 +272,12 @@ async def bench_memory(address: str, pid: int) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     env = dict(item.split("=", 1) for item in args.env)
+    _use_keys[0] = not args.anonymous
+    if _use_keys[0]:
+        callers = Path(tempfile.mkdtemp()) / "callers.json"
+        callers.write_text(json.dumps({"callers": [
+            {"name": who, "key_sha256": [hash_key(key)]} for who, key in KEYS.items()]}))
+        env.setdefault("WACHT_AUTH__KEYS_FILE", str(callers))
     server = ServerProcess(Path(args.model), env)
     try:
         await server.wait_serving()
@@ -281,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--only", default="overload,fairness,memory")
+    parser.add_argument("--anonymous", action="store_true",
+                        help="no callers file: every call is its own fair-queueing flow")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))

@@ -234,7 +234,7 @@ def test_the_batcher_is_fair_per_caller_not_per_call(keys_file: Path) -> None:
     call takes turns with it and is answered first, but bulk's own small call queues behind
     bulk's long one (refused by its estimated wait, or answered with its last windows).
     Per-call fairness would answer bulk's small call first too. (A wait bound of 2 s: the
-    default 100 ms refuses small calls while the long call's forwards run, which is not what
+    default 500 ms refuses small calls while the long call's forwards run, which is not what
     this tests.)"""
     config = make_config(auth={"keys_file": keys_file, "reload_interval_s": 0.0},
                          batching={"max_queue_wait_ms": 2000})
