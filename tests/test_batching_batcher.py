@@ -498,14 +498,16 @@ async def test_admission_by_estimated_wait_and_deadline():
     engine, recorder = FakeEngine(), Recorder()
     batcher = await started(engine, config(inference_threads=1, max_queue_wait_ms=30), recorder)
     gate, running = await block_engine(batcher, engine)
-    batcher._window_s = 0.01  # as if measured: 10 ms per window
+    batcher._cost.observe(1, 3, 0.012)  # as if measured: 4 ms per token
     waiting = [asyncio.create_task(batcher.score([f"{i}"])) for i in range(5)]
     await until(lambda: batcher.queue_windows == 5)
-    # 5 queued flows + 1 running window ahead: 60 ms > 30 ms
-    assert batcher.estimated_wait(1) == pytest.approx(0.06)
+    # 5 queued flows of 3 tokens + the running window (2 tokens estimated from its 3
+    # characters) ahead: 17 tokens, 68 ms > 30 ms
+    assert batcher._running_tokens == 2
+    assert batcher.estimated_wait(1) == pytest.approx(0.068)
     with pytest.raises(Overloaded) as caught:
         await batcher.score(["9"])
-    assert caught.value.retry_after_s == pytest.approx(0.03)
+    assert caught.value.retry_after_s == pytest.approx(0.038)
     assert ("overloaded", 1) in recorder.drops
     # no bound, but the deadline is nearer than the estimated finish
     batcher.config.max_queue_wait_ms = 0
@@ -515,3 +517,53 @@ async def test_admission_by_estimated_wait_and_deadline():
     await running
     assert len(await asyncio.gather(*waiting)) == 5
     await batcher.stop()
+
+
+async def test_the_wait_estimate_stops_counting_what_a_running_batch_has_done():
+    """One window per forward: a dispatched batch of four windows counts as ahead of a new
+    call only for the windows it has not run yet."""
+    engine = FakeEngine()
+    batcher = await started(engine, config(inference_threads=1, micro_batch_size=1), Recorder())
+    gate, blocker = await block_engine(batcher, engine)
+    last = engine.gate(701)
+    call = asyncio.create_task(batcher.score(["5", "6", "8", "701 1 1"]))
+    await until(lambda: batcher.queue_windows == 4)
+    assert (batcher._running_windows, batcher._running_tokens) == (1, 2)
+    gate.set()
+    await blocker
+    await until(lambda: 701 in engine.started)  # the longest window runs last
+    await asyncio.sleep(0.05)  # the three finished windows' callbacks reach the loop
+    assert (batcher._running_windows, batcher._running_tokens) == (1, 5)
+    last.set()
+    assert total((await call)[0]) == [8.0, 9.0, 11.0, 706.0]
+    await until(lambda: batcher._in_flight == 0)
+    assert (batcher._running_windows, batcher._running_tokens) == (0, 0)
+    await batcher.stop()
+
+
+def test_window_cost_tells_the_fixed_part_from_the_part_per_token():
+    from wacht.service.batching.cost import WindowCost
+
+    cost = WindowCost()
+    assert not cost.known and cost.seconds(10, 100) == 0.0
+    for _ in range(10):
+        cost.observe(1, 10, 0.001 + 10 * 0.0001)
+        cost.observe(1, 250, 0.001 + 250 * 0.0001)
+    fixed, per_token = cost.line()
+    assert fixed == pytest.approx(0.001, rel=1e-3)
+    assert per_token == pytest.approx(0.0001, rel=1e-3)
+    # a short window costs far less than a long one (one per-window figure would charge
+    # both the mean of the two)
+    assert cost.seconds(1, 10) == pytest.approx(0.002, rel=1e-2)
+    assert cost.seconds(1, 250) == pytest.approx(0.026, rel=1e-2)
+
+
+def test_window_cost_of_windows_of_one_length_is_proportional_to_tokens():
+    from wacht.service.batching.cost import WindowCost
+
+    cost = WindowCost()
+    for _ in range(5):
+        cost.observe(4, 40, 0.008)  # 2 ms per 10-token window
+    assert cost.line() == (0.0, pytest.approx(0.0002))
+    assert cost.seconds(3, 30) == pytest.approx(0.006)
+    assert cost.window_tokens == pytest.approx(10)

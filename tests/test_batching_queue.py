@@ -90,3 +90,16 @@ def test_wait_ahead_of_a_call_joining_its_callers_flow():
     # behind caller-a's five queued windows: six turns, bounded by what is queued
     assert queue.ahead_of(1, "caller-a") == 6
     assert queue.ahead_of(1, "caller-b") == 2  # a named flow with nothing queued
+
+
+def test_queued_tokens_follow_push_take_and_discard():
+    a, b = object(), object()
+    queue = WindowQueue()
+    queue.push([QueuedWindow(a, 0, 5, 0.0), QueuedWindow(a, 1, 7, 0.0)])
+    queue.push([QueuedWindow(b, 0, 100, 0.0)])
+    assert queue.tokens == 112
+    assert [w.length for w in queue.take(10**6, 1, keep_all)] == [5]
+    assert queue.tokens == 107
+    assert queue.discard(b) == 1 and queue.tokens == 7
+    queue.take(10**6, 99, lambda item: False)  # skipped windows leave the count too
+    assert queue.tokens == 0 and len(queue) == 0

@@ -51,6 +51,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from wacht.service.batching.cost import WindowCost
 from wacht.service.batching.queue import QueuedWindow, WindowQueue
 from wacht.service.runtime import memory
 from wacht.service.runtime.engine import EncodedText, Engine, TextScores, Truncation
@@ -249,8 +250,9 @@ class Batcher:
         self._in_flight = 0  # batches running
         self._tokenizing = 0  # calls being tokenised
         self._rate = 0.0  # recent windows per second of inference (EWMA)
-        self._window_s = 0.0  # recent forward seconds per window, per thread (EWMA)
-        self._running_windows = 0  # windows in batches being run
+        self._cost = WindowCost()  # forward seconds per window, by its tokens (one thread)
+        self._running_windows = 0  # windows in batches being run and not yet done
+        self._running_tokens = 0
         # characters per window (learnt from multi-window texts): estimates a call's cost
         # before it is tokenised; starts at ~4 characters per content token
         self._chars_per_window = float(4 * getattr(getattr(engine, "tokenizer", None),
@@ -327,12 +329,13 @@ class Batcher:
             raise QueueFull(
                 self._retry_after(count), self._queued_texts, self.config.max_queue_texts
             )
-        self.check_wait(
-            self.estimate_windows(texts, truncation, max_windows), deadline, count, caller
-        )
+        windows, tokens = self.estimate(texts, truncation, max_windows)
+        self.check_wait(windows, deadline, count, caller, tokens)
         self._admit(count)
         if self._idle() and count <= self._micro[1]:
-            return await self._score_directly(list(texts), truncation, max_windows, deadline)
+            return await self._score_directly(
+                list(texts), truncation, max_windows, deadline, int(tokens)
+            )
         request = _Request(
             encoded=[],
             windows=[],
@@ -408,43 +411,67 @@ class Batcher:
 
     # --- admission by time ---
 
+    def estimate(
+        self, texts: list[str], truncation: Truncation = "window", max_windows: int = 16
+    ) -> tuple[int, float]:
+        """(windows, tokens) `texts` will need, from their lengths and the characters per
+        window seen so far (windows exact for short texts: one each)."""
+        content = float(getattr(getattr(self.engine, "tokenizer", None), "content", 126))
+        per_window = self._chars_per_window
+        per_token = per_window / content
+        windows = tokens = 0.0
+        for text in texts:
+            n = 1 if truncation == "head" else min(max_windows, 1 + int(len(text) // per_window))
+            windows += n
+            tokens += n * (content + 2) if n > 1 else min(content, len(text) / per_token) + 2
+        return int(windows), tokens
+
     def estimate_windows(
         self, texts: list[str], truncation: Truncation = "window", max_windows: int = 16
     ) -> int:
-        """Windows `texts` will need, from their lengths and the characters per window seen
-        so far (exact for short texts: one window each)."""
-        if truncation == "head":
-            return len(texts)
-        per_window = self._chars_per_window
-        return sum(min(max_windows, 1 + int(len(t) // per_window)) for t in texts)
+        return self.estimate(texts, truncation, max_windows)[0]
 
-    def estimated_wait(self, windows: int = 1, caller: str = "") -> float:
-        """Seconds a new call of `windows` windows (of `caller`'s flow, if named) would wait
-        for the work ahead of it under round-robin (queued, being tokenised, running) at the
-        measured rate."""
-        if self._window_s <= 0:
+    def estimated_wait(
+        self, windows: int = 1, caller: str = "", tokens: float | None = None
+    ) -> float:
+        """Seconds a new call of `windows` windows (`tokens` tokens; of `caller`'s flow, if
+        named) would wait for the work ahead of it under round-robin (queued, being
+        tokenised, the rest of what runs) at the measured cost per window and token."""
+        if not self._cost.known:
             return 0.0
-        threads = max(1, self.config.inference_threads)
-        ahead = self._queue.ahead_of(windows, _caller_flow(caller)) + self._running_windows
-        ahead += min(self._tokenizing, 1) * windows  # a tokenising call takes its turns too
-        return ahead * self._window_s / threads
+        if tokens is None:
+            tokens = windows * self._cost.window_tokens
+        queued = len(self._queue)
+        ahead = self._queue.ahead_of(windows, _caller_flow(caller))
+        n = ahead + self._running_windows
+        t = (ahead * self._queue.tokens / queued if queued else 0.0) + self._running_tokens
+        if self._tokenizing:  # a tokenising call takes its turns too
+            n, t = n + windows, t + tokens
+        return self._cost.seconds(n, t) / max(1, self.config.inference_threads)
 
-    def service_time(self, windows: int) -> float:
+    def service_time(self, windows: int, tokens: float | None = None) -> float:
         """Seconds this batcher needs for `windows` windows of one call on its own."""
-        return windows * self._window_s / max(1, self.config.inference_threads)
+        if tokens is None:
+            tokens = windows * self._cost.window_tokens
+        return self._cost.seconds(windows, tokens) / max(1, self.config.inference_threads)
 
     def check_wait(
-        self, windows: int, deadline: float | None, texts: int = 0, caller: str = ""
+        self,
+        windows: int,
+        deadline: float | None,
+        texts: int = 0,
+        caller: str = "",
+        tokens: float | None = None,
     ) -> None:
         """Raise Overloaded when a call of `windows` windows would wait longer than
         max_queue_wait_ms, or would not finish before its deadline."""
-        wait = self.estimated_wait(windows, caller)
+        wait = self.estimated_wait(windows, caller, tokens)
         if wait <= 0:
             return
         bound = self.config.max_queue_wait_ms / 1000 or float("inf")
         allowed = bound
         if deadline is not None:
-            allowed = min(allowed, deadline - self._clock() - self.service_time(windows))
+            allowed = min(allowed, deadline - self._clock() - self.service_time(windows, tokens))
         if wait > allowed:
             # the backlog drains at the measured rate: after `wait - allowed` a call like
             # this one would fit again (if no one else came first)
@@ -466,15 +493,21 @@ class Batcher:
         return not (self._in_flight or self._tokenizing or len(self._queue) or self._closing)
 
     async def _score_directly(
-        self, texts: list[str], truncation: Truncation, max_windows: int, deadline: float | None
+        self,
+        texts: list[str],
+        truncation: Truncation,
+        max_windows: int,
+        deadline: float | None,
+        tokens: int,
     ) -> tuple[list[TextScores], BatchTimings]:
         assert self._loop is not None
         self._in_flight += 1
         self._running_windows += len(texts)
+        self._running_tokens += tokens
         future = self._loop.run_in_executor(
             self._pool, self._run_directly, texts, truncation, max_windows
         )
-        future.add_done_callback(functools.partial(self._direct_finished, len(texts)))
+        future.add_done_callback(functools.partial(self._direct_finished, len(texts), tokens))
         timeout = None if deadline is None else max(0.0, deadline - self._clock())
         try:
             scores, timings, _ = await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -512,9 +545,10 @@ class Batcher:
         )
         return scores, timings, stats
 
-    def _direct_finished(self, count: int, future: asyncio.Future) -> None:
+    def _direct_finished(self, count: int, tokens: int, future: asyncio.Future) -> None:
         self._in_flight -= 1
         self._running_windows -= count
+        self._running_tokens -= tokens
         self._release(count)
         if future.cancelled() or future.exception() is not None:
             return  # the exception reached the caller (or nobody waits any more)
@@ -606,46 +640,65 @@ class Batcher:
         self.observer.batch_formed(len(batch))
         assert self._loop is not None
         self._in_flight += 1
-        self._running_windows += len(batch)
-        future = self._loop.run_in_executor(self._pool, self._infer, batch)
-        future.add_done_callback(functools.partial(self._batch_finished, batch))
+        left = [len(batch), sum(item.length for item in batch)]  # not yet run: windows, tokens
+        self._running_windows += left[0]
+        self._running_tokens += left[1]
+        future = self._loop.run_in_executor(self._pool, self._infer, batch, left)
+        future.add_done_callback(functools.partial(self._batch_finished, batch, left))
 
-    def _batch_finished(self, batch: list[QueuedWindow], future: asyncio.Future) -> None:
+    def _ran(self, left: list[int], windows: int, tokens: int) -> None:
+        """Part of a running batch is done (or skipped): the estimate stops counting it."""
+        windows, tokens = min(windows, left[0]), min(tokens, left[1])
+        left[0] -= windows
+        left[1] -= tokens
+        self._running_windows -= windows
+        self._running_tokens -= tokens
+
+    def _batch_finished(
+        self, batch: list[QueuedWindow], left: list[int], future: asyncio.Future
+    ) -> None:
         self._in_flight -= 1
-        self._running_windows -= len(batch)
+        self._ran(left, left[0], left[1])
         self._wake.set()
         exc = future.exception()
         if exc is not None:
             log.error("batch_failed", error=repr(exc))
             self._fail(batch, exc)
 
-    def _infer(self, batch: list[QueuedWindow]) -> None:
+    def _infer(self, batch: list[QueuedWindow], left: list[int]) -> None:
         """Runs in an inference thread: micro-batches in length order, results posted back."""
         assert self._loop is not None
         groups = micro_batches([item.length for item in batch], *self._micro)
         for group in groups:
-            items = [batch[i] for i in group if batch[i].request.live]
-            now = self._clock()
-            expired = {
-                item.request
-                for item in items
-                if item.request.deadline is not None and now >= item.request.deadline
-            }
-            if expired:
-                for request in expired:
-                    self._loop.call_soon_threadsafe(self._expire, request)
-                items = [item for item in items if item.request not in expired]
-            if not items:
-                continue
-            windows = [item.request.windows[item.index] for item in items]
-            started = time.perf_counter_ns()
-            try:
-                logits = self.engine.forward(windows)
-            except Exception as exc:
-                self._loop.call_soon_threadsafe(self._fail, items, exc)
-                continue
-            elapsed = time.perf_counter_ns() - started
-            self._loop.call_soon_threadsafe(self._deliver, items, logits, started, elapsed)
+            self._infer_group([batch[i] for i in group])
+            self._loop.call_soon_threadsafe(
+                self._ran, left, len(group), sum(batch[i].length for i in group)
+            )
+
+    def _infer_group(self, group: list[QueuedWindow]) -> None:
+        assert self._loop is not None
+        items = [item for item in group if item.request.live]
+        now = self._clock()
+        expired = {
+            item.request
+            for item in items
+            if item.request.deadline is not None and now >= item.request.deadline
+        }
+        if expired:
+            for request in expired:
+                self._loop.call_soon_threadsafe(self._expire, request)
+            items = [item for item in items if item.request not in expired]
+        if not items:
+            return
+        windows = [item.request.windows[item.index] for item in items]
+        started = time.perf_counter_ns()
+        try:
+            logits = self.engine.forward(windows)
+        except Exception as exc:
+            self._loop.call_soon_threadsafe(self._fail, items, exc)
+            return
+        elapsed = time.perf_counter_ns() - started
+        self._loop.call_soon_threadsafe(self._deliver, items, logits, started, elapsed)
 
     def _deliver(
         self, items: list[QueuedWindow], logits: dict[str, np.ndarray], started: int, elapsed: int
@@ -676,8 +729,7 @@ class Batcher:
         if seconds > 0 and size > 0:
             rate = size / seconds
             self._rate = rate if self._rate <= 0 else 0.8 * self._rate + 0.2 * rate
-            per = seconds / size
-            self._window_s = per if self._window_s <= 0 else 0.9 * self._window_s + 0.1 * per
+        self._cost.observe(size, padded, seconds)
 
     def _complete(self, request: _Request) -> None:
         self._finish(request)

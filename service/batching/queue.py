@@ -31,6 +31,7 @@ class WindowQueue:
         # flow key -> its windows; the order of the dict is the round-robin order
         self._flows: OrderedDict[Hashable, deque[QueuedWindow]] = OrderedDict()
         self._size = 0
+        self._tokens = 0
 
     def __len__(self) -> int:
         return self._size
@@ -38,6 +39,11 @@ class WindowQueue:
     def __iter__(self) -> Iterator[QueuedWindow]:
         """Windows in the order take() would hand them out."""
         return self._round_robin()
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of the queued windows."""
+        return self._tokens
 
     @property
     def flows(self) -> int:
@@ -53,6 +59,7 @@ class WindowQueue:
                 queue = self._flows[key] = deque()
             queue.append(item)
         self._size += len(items)
+        self._tokens += sum(item.length for item in items)
 
     def discard(self, request: Any, flow: Hashable | None = None) -> int:
         """Drop every queued window of `request` (in `flow`, default its own); return how
@@ -63,6 +70,7 @@ class WindowQueue:
             return 0
         kept = deque(item for item in queue if item.request is not request)
         removed = len(queue) - len(kept)
+        self._tokens -= sum(i.length for i in queue) - sum(i.length for i in kept)
         if kept:
             self._flows[key] = kept
         else:
@@ -125,6 +133,7 @@ class WindowQueue:
                 longest = grown
             queue.popleft()
             self._size -= 1
+            self._tokens -= item.length
             if queue:
                 self._flows.move_to_end(key)
             else:
