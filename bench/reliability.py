@@ -179,7 +179,25 @@ async def recovery(address: str, since: float, normal_ms: float, limit_s: float 
     return float("inf")
 
 
-async def bench_overload(address: str, seconds: float, factor: float) -> None:
+def served_codes(metrics_port: int) -> Counter[str]:
+    """The server's own count of answered Moderate calls by code (its metrics endpoint)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = re.match(r'wacht_requests_total\{(.*)\} ([0-9.e+]+)$', line)
+        if m and 'method="Moderate"' in m.group(1):
+            code = re.search(r'code="([A-Z_]+)"', m.group(1))
+            if code:
+                counts[code.group(1)] += int(float(m.group(2)))
+    return counts
+
+
+async def bench_overload(address: str, seconds: float, factor: float,
+                         metrics_port: int = 0) -> None:
     await closed_loop(address, 4, 1.0)  # warm up
     capacity_mix = await closed_loop(address, 16, 5.0)
     capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
@@ -189,6 +207,7 @@ async def bench_overload(address: str, seconds: float, factor: float) -> None:
           f"unloaded p50 {pct(unloaded, .5):.1f} ms p99 {pct(unloaded, .99):.1f} ms", flush=True)
     rate = capacity * factor
     normal_ms = 2 * pct(unloaded, .99)
+    before = served_codes(metrics_port) if metrics_port else Counter()
     mix, seconds_to_normal = await open_loop(
         address, rate, seconds, lambda since: recovery(address, since, normal_ms))
     codes = mix.codes()
@@ -210,6 +229,11 @@ async def bench_overload(address: str, seconds: float, factor: float) -> None:
               f"max {max(retries, default=float('nan')):.3f} s", flush=True)
     print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
           f"were within 2x the unloaded p99", flush=True)
+    if metrics_port:
+        served = served_codes(metrics_port) - before
+        print(f"  the server's own count of those calls (and the recovery probe's): "
+              f"{dict(served)}; {total - sum(served.values())} never reached the service code",
+              flush=True)
 
 
 async def bench_fairness(address: str) -> None:
@@ -278,12 +302,15 @@ async def main_async(args: argparse.Namespace) -> None:
         callers.write_text(json.dumps({"callers": [
             {"name": who, "key_sha256": [hash_key(key)]} for who, key in KEYS.items()]}))
         env.setdefault("WACHT_AUTH__KEYS_FILE", str(callers))
+    from bench.load import _free_port
+
+    metrics_port = int(env.setdefault("WACHT_METRICS_PORT", str(_free_port())))
     server = ServerProcess(Path(args.model), env)
     try:
         await server.wait_serving()
         only = set(args.only.split(","))
         if "overload" in only:
-            await bench_overload(server.address, args.seconds, args.factor)
+            await bench_overload(server.address, args.seconds, args.factor, metrics_port)
         if "fairness" in only:
             await bench_fairness(server.address)
         if "memory" in only:
