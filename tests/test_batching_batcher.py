@@ -567,3 +567,30 @@ def test_window_cost_of_windows_of_one_length_is_proportional_to_tokens():
     assert cost.line() == (0.0, pytest.approx(0.0002))
     assert cost.seconds(3, 30) == pytest.approx(0.006)
     assert cost.window_tokens == pytest.approx(10)
+
+
+async def test_a_large_call_gives_memory_back_after_its_answer(monkeypatch):
+    """After a call of TRIM_AFTER_WINDOWS windows or more, and only then, the batcher asks
+    for a garbage collection and malloc_trim, TRIM_DELAY_S after the answer."""
+    from wacht.service.batching import batcher as module
+
+    trims: list[bool] = []
+    monkeypatch.setattr(module, "TRIM_AFTER_WINDOWS", 4)
+    monkeypatch.setattr(module, "TRIM_DELAY_S", 0.05)
+    monkeypatch.setattr(module.memory, "trim", lambda collect=False: trims.append(collect))
+    engine = FakeEngine()
+    batcher = await started(engine, config(inference_threads=1, micro_batch_size=1), Recorder())
+    await batcher.score(["1 | 2 | 3"])  # three windows: below the mark
+    await asyncio.sleep(0.15)
+    assert trims == []
+    answered = await batcher.score(["1 | 2 | 3", "4 | 5"])
+    assert total(answered[0]) == [15.0, 15.0]
+    assert trims == []  # not before the delay
+    await until(lambda: trims == [True])
+    await batcher.stop()
+
+
+def test_memory_trim_runs_here():
+    from wacht.service.runtime import memory
+
+    assert isinstance(memory.trim(collect=True), bool)

@@ -63,6 +63,7 @@ log = structlog.get_logger(__name__)
 TOKENIZE_CHUNK_CHARS = 64 * 1024
 TOKENIZE_CHUNK_TEXTS = 64
 TRIM_AFTER_WINDOWS = 512  # a call of this many windows returns freed memory to the system
+TRIM_DELAY_S = 1.0  # that long after it completed (its answer sent, its buffers freed)
 
 
 def _chunks(texts: list[str], max_chars: int, max_texts: int) -> list[list[str]]:
@@ -733,8 +734,9 @@ class Batcher:
 
     def _complete(self, request: _Request) -> None:
         self._finish(request)
-        if len(request.windows) >= TRIM_AFTER_WINDOWS and self._tokenize_pool is not None:
-            self._tokenize_pool.submit(memory.trim)  # after a large call: give memory back
+        if len(request.windows) >= TRIM_AFTER_WINDOWS and self._loop is not None:
+            # after a large call, once its answer is sent and its buffers are freed
+            self._loop.call_later(TRIM_DELAY_S, self._trim)
         if request.future.done():
             return
         try:
@@ -751,6 +753,10 @@ class Batcher:
             tokens=sum(e.tokens for e in request.encoded),
         )
         request.future.set_result((scores, timings))
+
+    def _trim(self) -> None:
+        if self._tokenize_pool is not None and not self._closing:
+            self._tokenize_pool.submit(memory.trim, True)
 
     def _fail(self, items: list[QueuedWindow], exc: BaseException) -> None:
         for request in {item.request: None for item in items}:
