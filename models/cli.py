@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("out_dir")
     hf.add_argument("--task", required=True, help="toxicity | sentiment")
 
-    ft = sub.add_parser("finetune", help="head-only: a new task on your labelled file, or "
-                        "--adapt an existing head to it (train extra)")
+    ft = sub.add_parser("finetune", help="a new task on your labelled file (head-only, or "
+                        "--mode full: encoder too), or --adapt an existing head to it "
+                        "(train extra)")
     ft.add_argument("model_dir")
     ft.add_argument("--data", required=True, help=".csv, .tsv, .jsonl or .parquet")
     what = ft.add_mutually_exclusive_group(required=True)
@@ -75,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "it the attention-masked mean of the last hidden state (auto: pooler+mean "
                     "where the graph has one)")
     ft.add_argument("--threads", type=int, default=2)
+    ft.add_argument("--mode", default="head-only", choices=["head-only", "full"],
+                    help="head-only: a linear head on the served encoder's features (fast); "
+                    "full: fine-tune an encoder and head for the new --task (more data; "
+                    "served as a second branch in the same graph, ~2x per forward)")
+    full = ft.add_argument_group("--mode full")
+    full.add_argument("--checkpoint", help="start from this training checkpoint's encoder "
+                      "(multitask.save_checkpoint layout; default: all-MiniLM-L6-v2)")
+    full.add_argument("--epochs", type=float, default=4.0)
+    full.add_argument("--patience", type=int, default=2,
+                      help="stop after this many evaluations without a better validation "
+                      "macro-F1 (0: never)")
+    full.add_argument("--max-minutes", type=float, default=20.0,
+                      help="training time budget; the LR decays to 0 by then (0: none)")
+    full.add_argument("--max-steps", type=int, default=0, help="cap on optimiser steps")
+    full.add_argument("--eval-steps", type=int, default=0,
+                      help="evaluate every N steps (default: once per epoch)")
+    full.add_argument("--batch-size", type=int, default=32)
+    full.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
+    full.add_argument("--head-lr", type=float, default=1e-3)
+    full.add_argument("--seed", type=int, default=13)
+    full.add_argument("--train-word-embeddings", action="store_true",
+                      help="also train the word-embedding table (slower on CPU)")
 
     ca = sub.add_parser("calibrate", help="per-label thresholds on your labelled sample")
     ca.add_argument("model_dir")
@@ -130,10 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             return _eval_file(args)
         return eval_main(args.model_dir, args.data, args.json, args.out, args.threads)
     if args.command == "finetune":
+        if args.adapt and args.mode == "full":
+            print(f"error: --mode full is for new tasks (--task NAME): it trains a new encoder "
+                  f"branch; --adapt {args.adapt} re-fits an existing head's last layer with the "
+                  "encoder frozen (use --mode head-only)", file=sys.stderr)
+            return 2
+        if args.checkpoint and args.mode != "full":
+            print("error: --checkpoint is for --mode full", file=sys.stderr)
+            return 2
         if args.adapt:
             from wacht.models.adapt import main as adapt_main
 
             return adapt_main(args)
+        if args.mode == "full":
+            from wacht.models.finetune_full import main as full_main
+
+            return full_main(args)
         from wacht.models.finetune import main as finetune_main
 
         return finetune_main(args)

@@ -5,7 +5,8 @@ regression (softmax single-label, one sigmoid per label multi-label) is fitted o
 deterministic hash split (90% train / 10% validation, or --val FILE), and the head is grafted
 into the same model.onnx as a new output. The old heads are untouched. `--baseline` also
 fits TF-IDF + logistic regression on the same split. Needs the `train` extra (onnx,
-scikit-learn).
+scikit-learn). `--mode full` (encoder too) is models/finetune_full.py, which reuses the split,
+baseline, manifest, provenance and card helpers here.
 """
 
 from __future__ import annotations
@@ -73,10 +74,57 @@ def user_data(lf: userdata.LabelledFile, data: Path, data_license: str, text_col
             "text_column": text_column, "label_columns": list(label_columns)}
 
 
-def provenance(manifest: dict, base: str, user: dict, rebuild: str, **what: str) -> dict:
-    """The fine-tuned directory's provenance: the base model's, plus how it was derived."""
-    finetune = {"mode": "head-only", **what, "user_data": user, "rebuild_command": rebuild}
+def provenance(manifest: dict, base: str, user: dict, rebuild: str, mode: str = "head-only",
+               **what: str) -> dict:
+    """The fine-tuned directory's provenance: the base model's, plus how it was derived
+    (`mode`: head-only | full)."""
+    finetune = {"mode": mode, **what, "user_data": user, "rebuild_command": rebuild}
     return {**manifest.get("provenance", {}), "finetuned_from": base, "finetune": finetune}
+
+
+def split(lf: userdata.LabelledFile, val: Path | None, text_column: str,
+          label_columns: tuple[str, ...]) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """(train texts, train gold, validation texts, validation gold): `val` if given, else the
+    stratified `val_mask` hash split of the user's file."""
+    if val is not None:
+        vf = userdata.load(val, text_column, label_columns, labels=lf.labels)
+        return lf.texts, lf.gold, vf.texts, vf.gold
+    mask = val_mask(lf.texts, gold=lf.gold)
+    tr_x = [t for t, m in zip(lf.texts, mask, strict=True) if not m]
+    va_x = [t for t, m in zip(lf.texts, mask, strict=True) if m]
+    return tr_x, lf.gold[~mask], va_x, lf.gold[mask]
+
+
+def split_description(val: Path | None) -> str:
+    return str(val.name) if val else "hash split 10%, stratified"
+
+
+def baseline_macro_f1(tr_x: list[str], tr_y: np.ndarray, va_x: list[str], va_y: np.ndarray,
+                      multi: bool, classes: int) -> float:
+    """TF-IDF (word 1-2 grams) + logistic regression on the same split, best C on validation."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    x_tr, x_va = vec.fit_transform(tr_x), vec.transform(va_x)
+    return round(max(_macro_f1(_fit(x_tr, tr_y, multi, cc), x_va, va_y, multi, classes)
+                     for cc in (0.3, 1.0, 3.0, 10.0)), 4)
+
+
+def append_task(manifest: dict, task: str, output: str, lf: userdata.LabelledFile) -> str:
+    """Append the new task to a manifest dict (softmax single-label, sigmoid multi-label with
+    threshold 0.5); returns the activation."""
+    activation = "sigmoid" if lf.multi_label else "softmax"
+    labels = [{"name": n, **({"threshold": 0.5} if lf.multi_label else {})}
+              for n in lf.labels]
+    manifest["tasks"].append({"name": task, "output": output, "activation": activation,
+                              "labels": labels})
+    return activation
+
+
+def check_new_task(task: str, served_tasks: list[str], model_dir: Path) -> None:
+    if task in served_tasks:
+        raise userdata.UserDataError(f"--task {task!r} is already a task of {model_dir}; "
+                                     "choose a new name")
 
 
 def user_data_section(user: dict) -> str:
@@ -106,18 +154,9 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
 
     started = time.perf_counter()
     served = load_model_dir(model_dir)
-    if task in {t.name for t in served.manifest.tasks}:
-        raise userdata.UserDataError(f"--task {task!r} is already a task of {model_dir}; "
-                                     "choose a new name")
+    check_new_task(task, [t.name for t in served.manifest.tasks], model_dir)
     lf = userdata.load(data, text_column, label_columns)
-    if val is not None:
-        vf = userdata.load(val, text_column, label_columns, labels=lf.labels)
-        tr_x, tr_y, va_texts, va_y = lf.texts, lf.gold, vf.texts, vf.gold
-    else:
-        mask = val_mask(lf.texts, gold=lf.gold)
-        tr_x = [t for t, m in zip(lf.texts, mask, strict=True) if not m]
-        va_texts = [t for t, m in zip(lf.texts, mask, strict=True) if m]
-        tr_y, va_y = lf.gold[~mask], lf.gold[mask]
+    tr_x, tr_y, va_texts, va_y = split(lf, val, text_column, label_columns)
     classes = len(lf.labels)
     model = onnx.load(str(served.model_file))
     if features == "auto":  # pooler+mean where the graph has a BERT-style last hidden state
@@ -149,11 +188,7 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     onnx.save(model, str(out / "model.onnx"))
     shutil.copyfile(served.tokenizer_file, out / "tokenizer.json")
     manifest = yaml.safe_load((model_dir / "manifest.yaml").read_text(encoding="utf-8"))
-    activation = "sigmoid" if lf.multi_label else "softmax"
-    labels = [{"name": n, **({"threshold": 0.5} if lf.multi_label else {})}
-              for n in lf.labels]
-    manifest["tasks"].append({"name": task, "output": output, "activation": activation,
-                              "labels": labels})
+    activation = append_task(manifest, task, output, lf)
     manifest["name"] = out.name
     user = user_data(lf, data, data_license, text_column, label_columns)
     manifest["provenance"] = provenance(
@@ -163,18 +198,13 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     write_manifest(out / "manifest.yaml", manifest)
     metrics = {"model": out.name, "task": task, "mode": "head-only",
                "split": {"train": len(tr_x), "validation": len(va_texts),
-                         "validation_from": str(val.name) if val else "hash split 10%, stratified"},
+                         "validation_from": split_description(val)},
                "features": features,
                "validation_macro_f1": round(val_f1, 4), "C": c,
                "seconds": {"embeddings": round(embed_s, 1)}}
     if baseline:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        x_tr, x_va = vec.fit_transform(tr_x), vec.transform(va_texts)
-        metrics["baseline_tfidf_logreg_validation_macro_f1"] = round(max(
-            _macro_f1(_fit(x_tr, tr_y, lf.multi_label, cc), x_va, va_y, lf.multi_label,
-                      classes) for cc in (0.3, 1.0, 3.0, 10.0)), 4)
+        metrics["baseline_tfidf_logreg_validation_macro_f1"] = baseline_macro_f1(
+            tr_x, tr_y, va_texts, va_y, lf.multi_label, classes)
     metrics["seconds"]["total"] = round(time.perf_counter() - started, 1)
 
     def card(sums: dict[str, str]) -> str:

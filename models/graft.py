@@ -3,7 +3,8 @@
 The sentence embedding is the latest float tensor every existing head reads (MiniLM int8: the
 pooler's Tanh output, before its DynamicQuantizeLinear; USE: the scaled 512-d vector). The
 new head is a float MatMul + Add on that tensor, a new graph output; the existing nodes are
-untouched, so the old heads' logits do not change.
+untouched, so the old heads' logits do not change. `merge_branch` adds a whole second graph
+(full fine-tune: its own encoder and head) on the same inputs, its names prefixed.
 """
 
 from __future__ import annotations
@@ -198,3 +199,93 @@ def tensors(model_dir: Path, texts: list[str], names: list[str], threads: int = 
                 out[name] = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
             out[name][idx] = vec
     return out
+
+
+def _has_subgraphs(graph) -> bool:  # noqa: ANN001
+    from onnx import AttributeProto
+
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+               for n in graph.node for a in n.attribute)
+
+
+def merge_branch(model, other, prefix: str, outputs: list[str] | None = None):  # noqa: ANN001, ANN201
+    """A copy of `model` with `other`'s graph added as a second branch on the same inputs.
+
+    Every node, initializer and intermediate tensor of `other` is renamed `prefix + name`;
+    its inputs are `model`'s inputs of the same name (a Cast is inserted where the element
+    types differ); `outputs` (default: all of `other`'s outputs) are appended under their own
+    names. `model`'s nodes are not touched, so its outputs do not change."""
+    import onnx
+    from onnx import helper
+
+    g, o = model.graph, other.graph
+    if other.functions or _has_subgraphs(o):
+        raise ValueError("merge_branch: graphs with functions or subgraphs are not supported")
+    mine = {i.name: i.type.tensor_type.elem_type for i in g.input}
+    keep = [x.name for x in o.output] if outputs is None else list(outputs)
+    missing = set(keep) - {x.name for x in o.output}
+    if missing:
+        raise ValueError(f"merge_branch: the branch has no output {sorted(missing)}")
+    taken = ({x.name for x in g.input} | {x.name for x in g.output} | {x.name for x in
+             g.initializer} | {t for n in g.node for t in n.output})
+    clash = [name for name in keep if name in taken]
+    if clash:
+        raise ValueError(f"merge_branch: {clash} already in the model")
+    own = {v.domain or "ai.onnx": v.version for v in model.opset_import}
+    theirs = {v.domain or "ai.onnx": v.version for v in other.opset_import}
+    if "ai.onnx" in theirs and own.get("ai.onnx", theirs["ai.onnx"]) != theirs["ai.onnx"]:
+        raise ValueError(f"merge_branch: default opset {own.get('ai.onnx')} != "
+                         f"{theirs['ai.onnx']}")
+
+    rename: dict[str, str] = {"": ""}
+    casts = []
+    for x in o.input:
+        if x.name not in mine:
+            raise ValueError(f"merge_branch: the model has no input {x.name!r}")
+        want = x.type.tensor_type.elem_type
+        if want == mine[x.name]:
+            rename[x.name] = x.name
+        else:  # e.g. the branch reads int64 where the model's input is int32
+            rename[x.name] = f"{prefix}{x.name}"
+            casts.append(helper.make_node("Cast", [x.name], [rename[x.name]], to=want,
+                                          name=f"{prefix}cast/{x.name}"))
+    for t in o.initializer:
+        rename[t.name] = f"{prefix}{t.name}"
+    for n in o.node:
+        for t in n.output:
+            rename.setdefault(t, t if t in keep else f"{prefix}{t}")
+
+    merged = onnx.ModelProto()
+    merged.CopyFrom(model)
+    mg = merged.graph
+    mg.node.extend(casts)
+    for k, n in enumerate(o.node):
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        node.name = f"{prefix}{n.name or f'node_{k}'}"
+        node.input[:] = [rename[i] for i in n.input]
+        node.output[:] = [rename[t] for t in n.output]
+        mg.node.append(node)
+    for t in o.initializer:
+        init = onnx.TensorProto()
+        init.CopyFrom(t)
+        init.name = rename[t.name]
+        mg.initializer.append(init)
+    for v in o.value_info:
+        if v.name in rename:
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(v)
+            info.name = rename[v.name]
+            mg.value_info.append(info)
+    for x in o.output:
+        if x.name in keep:
+            mg.output.append(x)
+    for domain, version in theirs.items():
+        if domain not in own:
+            merged.opset_import.append(helper.make_opsetid(
+                "" if domain == "ai.onnx" else domain, version))
+        elif own[domain] < version:
+            next(v for v in merged.opset_import
+                 if (v.domain or "ai.onnx") == domain).version = version
+    merged.ir_version = max(model.ir_version, other.ir_version)
+    return merged
