@@ -71,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--val", help="a validation file (default: a 10%% hash split of --data)")
     ft.add_argument("--data-license", default="not stated")
     ft.add_argument("--baseline", action="store_true", help="also TF-IDF + logistic regression")
-    ft.add_argument("--features", default="auto", choices=["auto", "pooler", "pooler+mean"],
-                    help="new task: what the grafted head reads: the pooler output, or next to "
-                    "it the attention-masked mean of the last hidden state (auto: pooler+mean "
-                    "where the graph has one)")
+    ft.add_argument("--features", default="auto",
+                    choices=["auto", "pooler", "pooler+mean", "layers"],
+                    help="new task: what the grafted head reads: the pooler output; next to it "
+                    "the attention-masked mean of the last hidden state (pooler+mean) or of "
+                    "every encoder layer (layers); auto: the richest the graph has")
     ft.add_argument("--threads", type=int, default=2)
     ft.add_argument("--mode", default="head-only", choices=["head-only", "full"],
                     help="head-only: a linear head on the served encoder's features (fast); "

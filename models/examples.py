@@ -6,6 +6,9 @@ official test set (keep it for the reported figures only).
 
 `cad-abuse`: CAD (Reddit comments, abusive vs normal) as a 0/1 `offensive` column, the
 stand-in for "your moderated comments" in `wacht models finetune --adapt toxicity`.
+
+`toxigen-framing`, `toxigen-factual`: two more 3-class tasks the default model never saw,
+from ToxiGen's human annotations (MIT; train split only, the rest is held back upstream).
 """
 
 from __future__ import annotations
@@ -42,8 +45,35 @@ def cad_abuse(data: Path, split: str) -> list[tuple[str, str]]:
             if str(t).strip()]
 
 
+def _toxigen(data: Path, column: str, keep: dict[str, str]) -> list[tuple[str, str]]:
+    rows = []
+    with (data / "toxigen" / "toxigen.csv").open(encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            text = r["text"].strip()
+            if text[:2] in ("b'", 'b"'):  # texts are stored as Python bytes literals
+                text = text[2:-1]
+            text = text.replace("\\n", " ").strip()
+            if r[column] in keep and text:
+                rows.append((text, keep[r[column]]))
+    return rows
+
+
+def toxigen_framing(data: Path, split: str) -> list[tuple[str, str]]:
+    """ToxiGen's human `framing` of a statement about a group: moral / cause / solution
+    (2,275 rows; 'disagreement' and unrated rows left out). Only the public 70% is here."""
+    return _toxigen(data, "framing", {k: k for k in ("moral", "cause", "solution")})
+
+
+def toxigen_factual(data: Path, split: str) -> list[tuple[str, str]]:
+    """ToxiGen's human `factual?` rating: opinion / factual / neither (5,407 rows)."""
+    return _toxigen(data, "factual?", {"opinion": "opinion", "factual": "factual",
+                                       "neither factual nor opinion": "neither"})
+
+
 EXAMPLES = {"olid-target": (olid_target, ("text", "label")),
-            "cad-abuse": (cad_abuse, ("text", "offensive"))}
+            "cad-abuse": (cad_abuse, ("text", "offensive")),
+            "toxigen-framing": (toxigen_framing, ("text", "label")),
+            "toxigen-factual": (toxigen_factual, ("text", "label"))}
 
 
 def main(argv: list[str] | None = None) -> int:

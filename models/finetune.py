@@ -142,6 +142,20 @@ def card_tail(model_dir: Path, sums: dict[str, str]) -> str:
             + "\n\n## Base model card\n\n" + base)
 
 
+def auto_features(model) -> str:  # noqa: ANN001
+    """`layers` where the graph names its encoder layers, else `pooler+mean` where it has a
+    BERT-style last hidden state, else `pooler`."""
+    from wacht.models import graft
+
+    for kind, probe in (("layers", graft.layer_tensors), ("pooler+mean", graft.hidden_tensor)):
+        try:
+            probe(model)
+            return kind
+        except ValueError:
+            pass
+    return "pooler"
+
+
 def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str = "text",
              label_columns: tuple[str, ...] = ("label",), val: Path | None = None,
              data_license: str = "not stated", baseline: bool = False,
@@ -159,12 +173,8 @@ def finetune(model_dir: Path, data: Path, task: str, out: Path, text_column: str
     tr_x, tr_y, va_texts, va_y = split(lf, val, text_column, label_columns)
     classes = len(lf.labels)
     model = onnx.load(str(served.model_file))
-    if features == "auto":  # pooler+mean where the graph has a BERT-style last hidden state
-        try:
-            graft.hidden_tensor(model)
-            features = "pooler+mean"
-        except ValueError:
-            features = "pooler"
+    if features == "auto":  # the richest features this graph has
+        features = auto_features(model)
     feat = graft.add_features(model, features)
     e_tr = graft.tensors(model_dir, tr_x, [feat], threads, model=model)[feat]
     e_va = graft.tensors(model_dir, va_texts, [feat], threads, model=model)[feat]

@@ -9,6 +9,7 @@ untouched, so the old heads' logits do not change. `merge_branch` adds a whole s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,22 @@ def embedding_tensor(model) -> str:  # noqa: ANN001
     return max(candidates, key=lambda t: order[t])
 
 
-FEATURES = ("pooler", "pooler+mean")
+FEATURES = ("pooler", "pooler+mean", "layers")
+_LAYER_OUTPUT = re.compile(r"/encoder/layer\.(\d+)/output/LayerNorm/")
+
+
+def layer_tensors(model) -> list[str]:  # noqa: ANN001
+    """Each encoder layer's output [batch, seq, dim] (the final LayerNorm of every layer of
+    a HF BERT export, fused or not), in layer order."""
+    found: dict[int, str] = {}
+    for node in model.graph.node:
+        if "LayerNorm" in node.op_type and node.output:
+            m = _LAYER_OUTPUT.search(node.output[0])
+            if m:
+                found[int(m.group(1))] = node.output[0]
+    if not found or sorted(found) != list(range(len(found))):
+        raise ValueError("model.onnx: no per-layer encoder outputs")
+    return [found[i] for i in sorted(found)]
 
 
 def hidden_tensor(model) -> str:  # noqa: ANN001
@@ -62,7 +78,9 @@ def hidden_tensor(model) -> str:  # noqa: ANN001
 def add_features(model, kind: str) -> str:  # noqa: ANN001
     """The feature tensor a grafted head reads, adding its nodes to `model` if needed:
     `pooler` = the shared embedding; `pooler+mean` = [pooler, attention-masked mean of the
-    last hidden state] (MiniLM was pre-trained for mean pooling)."""
+    last hidden state] (MiniLM was pre-trained for mean pooling); `layers` = [pooler, the
+    masked mean of every encoder layer's output] (the lower layers keep more of what a
+    task-tuned top layer discards)."""
     from onnx import TensorProto, helper, numpy_helper
 
     if kind not in FEATURES:
@@ -71,10 +89,10 @@ def add_features(model, kind: str) -> str:  # noqa: ANN001
     if kind == "pooler":
         return emb
     g = model.graph
-    name = "features_pooler_mean"
+    name = "features_pooler_mean" if kind == "pooler+mean" else "features_layers"
     if name in {o for n in g.node for o in n.output}:
         return name
-    hidden = hidden_tensor(model)
+    hiddens = [hidden_tensor(model)] if kind == "pooler+mean" else layer_tensors(model)
     p = "/features/mean"
     g.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), f"{p}/axes1"),
                           numpy_helper.from_array(np.array([2], np.int64), f"{p}/axes2"),
@@ -82,14 +100,21 @@ def add_features(model, kind: str) -> str:  # noqa: ANN001
     g.node.extend([
         helper.make_node("Cast", ["attention_mask"], [f"{p}/mask"], to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", [f"{p}/mask", f"{p}/axes2"], [f"{p}/mask3"]),
-        helper.make_node("Mul", [hidden, f"{p}/mask3"], [f"{p}/masked"]),
-        helper.make_node("ReduceSum", [f"{p}/masked", f"{p}/axes1"], [f"{p}/sum"], keepdims=0),
         helper.make_node("ReduceSum", [f"{p}/mask3", f"{p}/axes1"], [f"{p}/count"],
                          keepdims=0),
         helper.make_node("Max", [f"{p}/count", f"{p}/eps"], [f"{p}/count1"]),
-        helper.make_node("Div", [f"{p}/sum", f"{p}/count1"], [f"{p}/mean"]),
-        helper.make_node("Concat", [emb, f"{p}/mean"], [name], axis=1),
     ])
+    means = []
+    for k, hidden in enumerate(hiddens):
+        q = f"{p}/{k}"
+        g.node.extend([
+            helper.make_node("Mul", [hidden, f"{p}/mask3"], [f"{q}/masked"]),
+            helper.make_node("ReduceSum", [f"{q}/masked", f"{p}/axes1"], [f"{q}/sum"],
+                             keepdims=0),
+            helper.make_node("Div", [f"{q}/sum", f"{p}/count1"], [f"{q}/mean"]),
+        ])
+        means.append(f"{q}/mean")
+    g.node.append(helper.make_node("Concat", [emb, *means], [name], axis=1))
     return name
 
 

@@ -215,3 +215,22 @@ def test_validation_split_is_stratified_and_deterministic() -> None:
     assert [int(mask[gold == c].sum()) for c in (0, 1, 2)] == [20, 2, 1]
     assert (val_mask(texts, 10, gold) == mask).all()
     assert val_mask(texts[:5], 10).shape == (5,)  # unstratified: by hash alone
+
+
+@pytest.mark.parametrize("example,labels,rows", [
+    ("toxigen-framing", {"moral", "cause", "solution"}, 2275),
+    ("toxigen-factual", {"opinion", "factual", "neither"}, 5407),
+    ("olid-target", {"IND", "GRP", "OTH"}, 3876),
+])
+def test_public_examples_write_labelled_files_the_loader_reads(
+        tmp_path: Path, example: str, labels: set[str], rows: int) -> None:
+    from wacht.models.data import DEFAULT_DATA_DIR
+    from wacht.models.examples import main as examples_main
+
+    if not DEFAULT_DATA_DIR.is_dir():
+        pytest.skip(f"{DEFAULT_DATA_DIR} is absent (the shared datasets)")
+    out = tmp_path / f"{example}.csv"
+    assert examples_main([example, "--out", str(out)]) == 0
+    lf = load(out)
+    assert len(lf.texts) == rows and set(lf.labels) == labels
+    assert not any(t.startswith(("b'", 'b"')) or "\\n" in t for t in lf.texts)
