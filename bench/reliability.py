@@ -109,6 +109,18 @@ def _retry_s(error: Any) -> float | None:
     return None
 
 
+# What the overload part sends, one text per call (--words N: N-word texts, so that the
+# model, not the intake of calls, is what the overload exceeds).
+TEXTS: list[str] = []
+
+
+def overload_texts(words: int) -> list[str]:
+    if words <= 0:
+        return list(SHORT)
+    pool = " ".join(SHORT * (1 + words // 4)).split()
+    return [" ".join(pool[i : i + words]) for i in range(len(SHORT))]
+
+
 async def one_call(client: Any, texts: list[str], timeout: float = DEADLINE_S) -> Outcome:
     import grpc
 
@@ -130,7 +142,10 @@ async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
             nonlocal counter
             while time.perf_counter() < stop:
                 counter += 1
-                mix.outcomes.append(await one_call(client, [SHORT[counter % len(SHORT)]]))
+                outcome = await one_call(client, [TEXTS[counter % len(TEXTS)]])
+                mix.outcomes.append(outcome)
+                if outcome.retry_s:  # a polite client waits as told (no retry storm)
+                    await asyncio.sleep(outcome.retry_s)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return mix
@@ -156,7 +171,7 @@ async def open_loop(
             due = int((now - started) * rate)
             while sent < due:
                 client = clients[sent % channels]
-                tasks.append(asyncio.create_task(one_call(client, [SHORT[sent % len(SHORT)]])))
+                tasks.append(asyncio.create_task(one_call(client, [TEXTS[sent % len(TEXTS)]])))
                 sent += 1
             await asyncio.sleep(0.001)
         probe = asyncio.create_task(after(time.perf_counter())) if after else None
@@ -172,7 +187,7 @@ async def recovery(address: str, since: float, normal_ms: float, limit_s: float 
     good = 0
     async with client_for(address) as client:
         while time.perf_counter() - since < limit_s:
-            outcome = await one_call(client, [SHORT[0]], timeout=limit_s)
+            outcome = await one_call(client, [TEXTS[0]], timeout=limit_s)
             good = good + 1 if outcome.code == "OK" and outcome.seconds * 1000 <= normal_ms else 0
             if good == 5:
                 return time.perf_counter() - since
@@ -203,7 +218,8 @@ async def bench_overload(address: str, seconds: float, factor: float,
     capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
     idle = await closed_loop(address, 1, 3.0)
     unloaded = idle.ok_ms()
-    print(f"capacity: {capacity:.0f} calls/s (c=16, {dict(capacity_mix.codes())}); "
+    print(f"texts: {len(TEXTS[0].split())} words per call; "
+          f"capacity: {capacity:.0f} calls/s (c=16, {dict(capacity_mix.codes())}); "
           f"unloaded p50 {pct(unloaded, .5):.1f} ms p99 {pct(unloaded, .99):.1f} ms", flush=True)
     rate = capacity * factor
     normal_ms = 2 * pct(unloaded, .99)
@@ -297,6 +313,7 @@ async def bench_memory(address: str, pid: int) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     env = dict(item.split("=", 1) for item in args.env)
     _use_keys[0] = not args.anonymous
+    TEXTS[:] = overload_texts(args.words)
     if _use_keys[0]:
         callers = Path(tempfile.mkdtemp()) / "callers.json"
         callers.write_text(json.dumps({"callers": [
@@ -325,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--factor", type=float, default=5.0)
     parser.add_argument("--only", default="overload,fairness,memory")
+    parser.add_argument("--words", type=int, default=0,
+                        help="overload: N-word texts instead of the short ones (0)")
     parser.add_argument("--anonymous", action="store_true",
                         help="no callers file: every call is its own fair-queueing flow")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
