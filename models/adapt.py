@@ -49,9 +49,12 @@ def log_loss(logits: np.ndarray, y: np.ndarray, softmax: bool) -> float:
 
 
 def fit_delta(x: np.ndarray, base: np.ndarray, y: np.ndarray, softmax: bool,
-              penalty: float) -> tuple[np.ndarray, np.ndarray]:
-    """(dW [dim, k], db [k]) minimising mean log-loss(base + x dW + db, y) + penalty |dW|^2.
-    softmax: y class indices, k = classes; sigmoid: y 0/1 [rows, k] (one column per label)."""
+              penalty: float, anchor: np.ndarray | None = None,
+              anchor_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(dW [dim, k], db [k]) minimising mean log-loss(base + x dW + db, y) + penalty |dW|^2
+    + anchor_weight * mean over the `anchor` rows of |anchor dW + db|^2 (the change of the
+    logits on texts of the domains the head was trained on: what keeps it from forgetting
+    them). softmax: y class indices, k = classes; sigmoid: y 0/1 [rows, k]."""
     from scipy.optimize import minimize
 
     n, d = x.shape
@@ -72,11 +75,38 @@ def fit_delta(x: np.ndarray, base: np.ndarray, y: np.ndarray, softmax: bool,
         g /= n
         value += penalty * float(np.sum(w * w))
         grad_w = x.T @ g + 2 * penalty * w
-        return float(value), np.concatenate([grad_w.ravel(), g.sum(0)])
+        grad_b = g.sum(0)
+        if anchor is not None and anchor_weight > 0:
+            change = anchor @ w + b
+            value += anchor_weight * float(np.sum(change * change)) / len(anchor)
+            grad_w += 2 * anchor_weight * anchor.T @ change / len(anchor)
+            grad_b += 2 * anchor_weight * change.sum(0) / len(anchor)
+        return float(value), np.concatenate([grad_w.ravel(), grad_b])
 
     res = minimize(objective, np.zeros(d * k + k), jac=True, method="L-BFGS-B",
                    options={"maxiter": 500})
     return res.x[: d * k].reshape(d, k), res.x[d * k :]
+
+
+ANCHOR_TEXTS = 2000
+
+
+def anchor_texts(data: Path, task_name: str, count: int = ANCHOR_TEXTS) -> list[str]:
+    """A fixed sample (by text hash) of the bundled training texts that label `task_name`:
+    the domains the shipped head was trained on."""
+    import hashlib
+
+    from wacht.models.data import training_sources
+
+    def labels_it(e) -> bool:  # noqa: ANN001
+        if task_name == "sentiment":
+            return e.sentiment >= 0
+        return task_name == "toxicity" and any(v is not None for v in e.toxicity)
+
+    texts = sorted({e.text for rows in training_sources(data).values() for e in rows
+                    if labels_it(e)},
+                   key=lambda t: hashlib.sha256(t.encode()).digest())
+    return texts[:count]
 
 
 def _load(task, data: Path, text_column: str, label_columns: tuple[str, ...],  # noqa: ANN001
@@ -157,7 +187,8 @@ def drift_markdown(rows: list[dict]) -> str:
 def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: str = "text",
           label_columns: tuple[str, ...] = ("label",), val: Path | None = None,
           data_license: str = "not stated", eval_data: Path | None = None,
-          threads: int = 2, penalty: float | None = None) -> dict:
+          threads: int = 2, penalty: float | None = None, anchor_data: Path | None = None,
+          anchor_weight: float = 0.1) -> dict:
     import onnx
 
     from wacht.models import graft
@@ -183,6 +214,9 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     emb = graft.embedding_tensor(model)
     t_tr = graft.tensors(model_dir, tr_x, [emb, task.output], threads)
     t_va = graft.tensors(model_dir, va_x, [emb, task.output], threads)
+    anchors = (anchor_texts(anchor_data, task_name)
+               if anchor_weight > 0 and anchor_data is not None and anchor_data.is_dir() else [])
+    x_anchor = graft.tensors(model_dir, anchors, [emb], threads)[emb] if anchors else None
     features_s = time.perf_counter() - started
     # sigmoid: fit only the labels the file has (columns), the others keep dW = 0
     base_tr = t_tr[task.output] if softmax else t_tr[task.output][:, columns]
@@ -191,7 +225,7 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
     best = None
     # a larger penalty keeps the head closer to the shipped one (less drift elsewhere)
     for p in PENALTIES if penalty is None else (penalty,):
-        dw, db = fit_delta(t_tr[emb], base_tr, tr_y, softmax, p)
+        dw, db = fit_delta(t_tr[emb], base_tr, tr_y, softmax, p, x_anchor, anchor_weight)
         val_loss = log_loss(base_va + t_va[emb] @ dw + db, va_y, softmax)
         tries.append({"penalty": p, "validation_log_loss": round(val_loss, 4)})
         if best is None or val_loss < best[0] - 1e-9:
@@ -224,6 +258,8 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
         "model": out.name, "task": task_name, "mode": "head-only adaptation",
         "split": {"train": len(tr_x), "validation": len(va_x), "validation_from": val_from},
         "adapted_labels": list(lf.labels), "penalty": penalty, "penalty_tries": tries,
+        "anchor": {"texts": len(anchors), "weight": anchor_weight if anchors else 0.0,
+                   "from": str(anchor_data) if anchors else None},
         "user_validation": {"before": _brief(held_before), "after": _brief(held_after)},
         "seconds": {"features": round(features_s, 1)}}
     if eval_data is not None and eval_data.is_dir():
@@ -242,13 +278,17 @@ def adapt(model_dir: Path, data: Path, task_name: str, out: Path, text_column: s
         metrics["seconds"]["drift_eval"] = round(time.perf_counter() - t0, 1)
     metrics["seconds"]["total"] = round(time.perf_counter() - started, 1)
 
+    anchor_note = (f"logit changes on {len(anchors)} of the bundled training texts penalised "
+                   f"with weight {anchor_weight}" if anchors else "no anchor texts")
+
     def card(sums: dict[str, str]) -> str:
         before, after = metrics["user_validation"]["before"], metrics["user_validation"]["after"]
         drift = metrics.get("drift")
         text = (f"# {out.name}\n\nHead-only domain adaptation of `{served.manifest.name}`: the "
                 f"`{task_name}` head's last layer re-fitted on your rows (labels "
                 f"{list(lf.labels)}; encoder frozen, L2 penalty {penalty} towards the original "
-                f"weights, chosen on the validation split). Same graph, same outputs: the other "
+                f"weights, chosen on the validation split; "
+                f"{anchor_note}). Same graph, same outputs: the other "
                 f"heads are unchanged, and the `{task_name}` labels your file does not name keep "
                 f"bit-identical logits. Thresholds are the original ones; re-run `wacht models "
                 f"calibrate` on your sample to move them.\n\n" + user_data_section(user)
@@ -282,7 +322,9 @@ def main(args) -> int:  # noqa: ANN001
                         args.text_column, tuple(args.label_column or ["label"]),
                         Path(args.val) if args.val else None, args.data_license,
                         None if args.eval_data == "none" else Path(args.eval_data),
-                        args.threads, args.penalty)
+                        args.threads, args.penalty,
+                        None if args.anchor_data == "none" else Path(args.anchor_data),
+                        args.anchor_weight)
     except userdata.UserDataError as exc:
         print(f"error: {exc}")
         return 2

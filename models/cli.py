@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--penalty", type=float, help="with --adapt: a fixed L2 penalty on the "
                     "change (larger: closer to the shipped head; default: chosen on the "
                     "validation split)")
+    ft.add_argument("--anchor-data", default=str(DEFAULT_DATA_DIR),
+                    help="with --adapt: bundled training data whose texts (a fixed sample of "
+                    "2,000 the head was trained on) anchor the head: the fit also keeps its "
+                    "logits there ('none': no anchor)")
+    ft.add_argument("--anchor-weight", type=float, default=0.1,
+                    help="with --adapt: weight of that anchor (0: off; larger: less forgetting "
+                    "of the original domains, less gain on yours)")
     ft.add_argument("--eval-data", default=str(DEFAULT_DATA_DIR),
                     help="with --adapt: the bundled evaluation sets the drift is measured on "
                     "('none' to skip)")

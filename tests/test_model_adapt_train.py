@@ -91,3 +91,21 @@ def test_fit_delta_lowers_the_loss_and_a_larger_penalty_changes_less(softmax: bo
         assert log_loss(base + x @ dw + db, y, softmax) < log_loss(base, y, softmax)
         sizes.append(np.abs(dw).sum())
     assert sizes[1] < sizes[0] / 3
+
+
+def test_fit_delta_anchor_keeps_the_logits_on_anchor_texts() -> None:
+    """The anchor term holds the change of the logits on the anchor rows (texts of the
+    head's original domains) down, while the fit still lowers the loss on the user's rows."""
+    from wacht.models.adapt import fit_delta, log_loss
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8)) + 1.0  # the user's domain
+    anchor = rng.normal(size=(400, 8)) - 1.0  # elsewhere
+    base = rng.normal(size=(300, 2))
+    y = ((x @ rng.normal(size=(8, 2))) > 0).astype(int)
+    changes = []
+    for weight in (0.0, 10.0):
+        dw, db = fit_delta(x, base, y, False, 1e-3, anchor, weight)
+        assert log_loss(base + x @ dw + db, y, False) < log_loss(base, y, False)
+        changes.append(float(np.abs(anchor @ dw + db).mean()))
+    assert changes[1] < changes[0] / 3, changes
