@@ -109,3 +109,21 @@ def test_fit_delta_anchor_keeps_the_logits_on_anchor_texts() -> None:
         assert log_loss(base + x @ dw + db, y, False) < log_loss(base, y, False)
         changes.append(float(np.abs(anchor @ dw + db).mean()))
     assert changes[1] < changes[0] / 3, changes
+
+
+def test_anchor_texts_are_a_fixed_sample_of_the_heads_training_texts() -> None:
+    from wacht.models.adapt import anchor_texts
+    from wacht.models.data import DEFAULT_DATA_DIR, training_sources
+
+    if not DEFAULT_DATA_DIR.is_dir():
+        pytest.skip(f"{DEFAULT_DATA_DIR} is absent (the shared datasets)")
+    first = anchor_texts(DEFAULT_DATA_DIR, "toxicity", 50)
+    assert first == anchor_texts(DEFAULT_DATA_DIR, "toxicity", 50) and len(set(first)) == 50
+    sources = training_sources(DEFAULT_DATA_DIR)
+    toxic = {e.text for rows in sources.values() for e in rows
+             if any(v is not None for v in e.toxicity)}
+    assert set(first) <= toxic
+    sentiment = anchor_texts(DEFAULT_DATA_DIR, "sentiment", 50)
+    assert set(sentiment) <= {e.text for rows in sources.values() for e in rows
+                              if e.sentiment >= 0}
+    assert anchor_texts(DEFAULT_DATA_DIR, "ticket_topic", 50) == []  # not a bundled head
