@@ -178,7 +178,7 @@ def train(model: MultiTaskModel, tok, tr_x: list[str], tr_y: np.ndarray,  # noqa
     import torch
     import torch.nn.functional as F
 
-    from wacht.models.train import collate, make_batches
+    from wacht.models.train import Schedule, collate, make_batches
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -196,25 +196,9 @@ def train(model: MultiTaskModel, tok, tr_x: list[str], tr_y: np.ndarray,  # noqa
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     every = cfg.eval_steps or steps_per_epoch
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for n, p in trainable if n.startswith("heads.")]
-    decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim >= 2]
-    no_decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim < 2]
-    optimizer = torch.optim.AdamW([
-        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": head, "lr": cfg.head_lr, "weight_decay": 0.0},
-    ])
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    warmup = max(1, int(cfg.warmup * total))
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-
-    def lr_factor(step: int, elapsed: float) -> float:
-        # warmup, then linear decay to 0 at the planned steps or the time budget (first)
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = max(step / total, elapsed / budget)
-        return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - warmup / total))
+    schedule = Schedule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.warmup, total,
+                        budget)
 
     stopper = EarlyStopping(cfg.patience)
     best_state: dict | None = None
@@ -244,9 +228,7 @@ def train(model: MultiTaskModel, tok, tr_x: list[str], tr_y: np.ndarray,  # noqa
             if elapsed >= budget:
                 stop_reason = f"max-minutes ({cfg.max_minutes:g})"
                 break
-            factor = lr_factor(step, elapsed)
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * factor
+            schedule.set_lr(step, elapsed)
             model.train()
             b = collate(batch, "cpu")
             logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])[0]
@@ -259,8 +241,8 @@ def train(model: MultiTaskModel, tok, tr_x: list[str], tr_y: np.ndarray,  # noqa
                                        weight=weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            schedule.optimizer.step()
+            schedule.optimizer.zero_grad(set_to_none=True)
             step += 1
             running, losses = running + loss.item(), losses + 1
             if step % every == 0 or step == total:

@@ -196,6 +196,41 @@ def choose_thresholds(model: torch.nn.Module, tok, data: Path, device: str,  # n
     return thresholds, report
 
 
+class Schedule:
+    """AdamW over the trainable parameters (heads at `head_lr`, no weight decay on heads,
+    biases and norms), linear warmup, then linear decay to 0 at the end of the planned steps
+    or of the time budget, whichever comes first (a slow, shared CPU still gets a full
+    decay)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float,
+                 warmup_share: float, total_steps: int, budget_s: float) -> None:
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        heads = [p for n, p in trainable if n.startswith("heads.")]
+        decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim >= 2]
+        no_decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim < 2]
+        self.optimizer = torch.optim.AdamW([
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            {"params": heads, "lr": head_lr, "weight_decay": 0.0},
+        ])
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.total = max(1, total_steps)
+        self.warmup = max(1, int(warmup_share * self.total))
+        self.budget_s = budget_s
+
+    def factor(self, step: int, elapsed: float) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = max(step / self.total, elapsed / self.budget_s)
+        return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - self.warmup / self.total))
+
+    def set_lr(self, step: int, elapsed: float) -> float:
+        factor = self.factor(step, elapsed)
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr * factor
+        return factor
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -224,27 +259,9 @@ def fit(model: torch.nn.Module, tok, sources: dict[str, list[Example]],  # noqa:
     log.info("examples/epoch=%d steps/epoch=%d total_steps=%d", per_epoch, steps_per_epoch,
              total_steps)
     model = model.to(cfg.device)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head_params = [p for n, p in trainable if n.startswith("heads.")]
-    decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim >= 2]
-    no_decay = [p for n, p in trainable if not n.startswith("heads.") and p.ndim < 2]
-    optimizer = torch.optim.AdamW([
-        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": head_params, "lr": cfg.head_lr, "weight_decay": 0.0},
-    ])
-    warmup = max(1, int(cfg.warmup * total_steps))
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-
-    def lr_factor(step: int, elapsed: float) -> float:
-        # Linear warmup, then linear decay to 0 at the end of the planned steps or of the
-        # time budget, whichever comes first (a slow, shared CPU still gets a full decay).
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = max(step / total_steps, elapsed / budget)
-        start = warmup / total_steps
-        return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - start))
+    schedule = Schedule(model, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.warmup, total_steps,
+                        budget)
 
     out = Path(cfg.out)
     started = time.monotonic()
@@ -263,17 +280,15 @@ def fit(model: torch.nn.Module, tok, sources: dict[str, list[Example]],  # noqa:
                 log.warning("time budget reached at step %d of %d", step, total_steps)
                 stopped_by_time = True
                 break
-            factor = lr_factor(step, elapsed)
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * factor
+            factor = schedule.set_lr(step, elapsed)
             model.train()
             b = collate(batch, cfg.device)
             sent, tox = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
             loss = multitask_loss(sent, tox, b)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            schedule.optimizer.step()
+            schedule.optimizer.zero_grad(set_to_none=True)
             step += 1
             value = loss.item()
             running = 0.98 * running + 0.02 * value if step > 1 else value
