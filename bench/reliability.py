@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import tempfile
 import time
@@ -71,6 +72,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def long_text(seed: int, size: int = 65000) -> str:
@@ -212,7 +219,7 @@ def served_codes(metrics_port: int) -> Counter[str]:
 
 
 async def bench_overload(address: str, seconds: float, factor: float,
-                         metrics_port: int = 0) -> None:
+                         metrics_port: int = 0, server_pid: int = 0) -> None:
     await closed_loop(address, 4, 1.0)  # warm up
     capacity_mix = await closed_loop(address, 16, 5.0)
     capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
@@ -224,8 +231,13 @@ async def bench_overload(address: str, seconds: float, factor: float,
     rate = capacity * factor
     normal_ms = 2 * pct(unloaded, .99)
     before = served_codes(metrics_port) if metrics_port else Counter()
+    cpu_before = (cpu_s(server_pid) if server_pid else 0.0, cpu_s(os.getpid()),
+                  time.perf_counter())
     mix, seconds_to_normal = await open_loop(
         address, rate, seconds, lambda since: recovery(address, since, normal_ms))
+    wall = time.perf_counter() - cpu_before[2]
+    server_cores = (cpu_s(server_pid) - cpu_before[0]) / wall if server_pid else float("nan")
+    client_cores = (cpu_s(os.getpid()) - cpu_before[1]) / wall
     codes = mix.codes()
     total = sum(codes.values())
     ok = mix.ok_ms()
@@ -245,6 +257,8 @@ async def bench_overload(address: str, seconds: float, factor: float,
               f"max {max(retries, default=float('nan')):.3f} s", flush=True)
     print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
           f"were within 2x the unloaded p99", flush=True)
+    print(f"  CPU while offered and recovering: server {server_cores:.2f} cores, this load "
+          f"generator {client_cores:.2f} cores (of {os.cpu_count()})", flush=True)
     if metrics_port:
         served = served_codes(metrics_port) - before
         print(f"  the server's own count of those calls (and the recovery probe's): "
@@ -327,7 +341,8 @@ async def main_async(args: argparse.Namespace) -> None:
         await server.wait_serving()
         only = set(args.only.split(","))
         if "overload" in only:
-            await bench_overload(server.address, args.seconds, args.factor, metrics_port)
+            await bench_overload(server.address, args.seconds, args.factor, metrics_port,
+                                 server.process.pid)
         if "fairness" in only:
             await bench_fairness(server.address)
         if "memory" in only:
