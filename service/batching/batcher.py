@@ -420,17 +420,12 @@ class Batcher:
         content = float(getattr(getattr(self.engine, "tokenizer", None), "content", 126))
         per_window = self._chars_per_window
         per_token = per_window / content
-        windows = tokens = 0.0
+        windows, tokens = 0, 0.0
         for text in texts:
             n = 1 if truncation == "head" else min(max_windows, 1 + int(len(text) // per_window))
             windows += n
             tokens += n * (content + 2) if n > 1 else min(content, len(text) / per_token) + 2
-        return int(windows), tokens
-
-    def estimate_windows(
-        self, texts: list[str], truncation: Truncation = "window", max_windows: int = 16
-    ) -> int:
-        return self.estimate(texts, truncation, max_windows)[0]
+        return windows, tokens
 
     def estimated_wait(
         self, windows: int = 1, caller: str = "", tokens: float | None = None
