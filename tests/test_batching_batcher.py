@@ -594,3 +594,33 @@ def test_memory_trim_runs_here():
     from wacht.service.runtime import memory
 
     assert isinstance(memory.trim(collect=True), bool)
+
+
+async def test_a_call_surely_over_the_cost_cap_is_refused_before_tokenising(monkeypatch):
+    """Every word is a token or more, so 100-word texts need 16 windows each (of 4 content
+    tokens, max 16 per text): three of them are over a cap of 20 without a tokeniser run;
+    a call the lower bound cannot prove too large is tokenised as before."""
+    from types import SimpleNamespace
+
+    from wacht.service.batching.batcher import CallTooLarge
+
+    engine = FakeEngine()
+    engine.tokenizer = SimpleNamespace(content=4, stride=4)
+    encoded: list[int] = []
+    real_encode = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda texts, *a: encoded.append(len(texts))
+                        or real_encode(texts, *a))
+    batcher = await started(engine, config(max_call_windows=20), Recorder())
+    batcher._chars_per_window = 16.0  # 4 characters per token
+    long = " ".join(["1"] * 100)
+    assert batcher.windows_at_least([long] * 3) == 48
+    with pytest.raises(CallTooLarge) as caught:
+        await batcher.score([long] * 3)
+    assert caught.value.windows == 32 and caught.value.limit == 20  # counting stopped over 20
+    assert encoded == []  # refused untokenised
+    # 40 characters in 4 words: estimated at 3 windows each, but the words prove only 1
+    wide = "123456789 " * 4
+    assert batcher.windows_at_least([wide] * 8) == 8
+    assert len((await batcher.score([wide] * 8))[0]) == 8
+    assert encoded  # tokenised and answered
+    await batcher.stop()

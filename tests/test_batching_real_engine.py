@@ -64,3 +64,30 @@ async def test_larger_micro_batches_still_route_each_callers_scores(engine):
                 got.scores[task.name], want.scores[task.name], atol=tolerance
             )
 
+
+
+def test_the_window_lower_bound_never_exceeds_the_real_windows(engine):
+    """The cost-cap pre-check refuses a call only on a proven lower bound: for every kind
+    of text the real tokenizer needs at least that many windows."""
+    import base64
+    import random
+
+    rng = random.Random(7)
+    texts = [
+        *TEXTS,
+        "Die Sitzung wurde nach einer langen Debatte über Straßenreparaturen vertagt. " * 60,
+        "https://example.com/a/very/long/path?with=query&and=more " * 80,
+        base64.b64encode(rng.randbytes(30000)).decode(),  # one "word", thousands of tokens
+        "数据保护很重要。" * 400,
+        "!!! ??? ... ;;; " * 300,
+        "😀 " * 2000,
+        " ".join(str(rng.randrange(10**6)) for _ in range(5000)),
+        "\x00\x01 \u200b " * 1000,
+    ]
+    batcher = Batcher(engine, BatchingConfig())
+    for max_windows in (1, 4, 16):
+        real = [len(e.windows) for e in engine.encode(texts, "window", max_windows)]
+        bound = [batcher.windows_at_least([t], "window", max_windows) for t in texts]
+        assert all(b <= r for b, r in zip(bound, real, strict=True)), (bound, real)
+    # and it is tight enough to matter for ordinary long text: 23 KB of English, 16 windows
+    assert batcher.windows_at_least([TEXTS[2] * 15], "window", 16) == 16

@@ -42,6 +42,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +58,16 @@ from wacht.service.batching.queue import QueuedWindow, WindowQueue
 from wacht.service.runtime import memory
 from wacht.service.runtime.engine import EncodedText, Engine, TextScores, Truncation
 from wacht.service.runtime.packing import micro_batches
+from wacht.service.runtime.tokenize import window_starts
 
 log = structlog.get_logger(__name__)
 # A call is tokenised in chunks of about this many characters (or texts), each its own job
 # in the tokeniser pool: other calls' jobs run between them.
 TOKENIZE_CHUNK_CHARS = 64 * 1024
 TOKENIZE_CHUNK_TEXTS = 64
+# A whitespace-separated word with a letter or digit is one token or more: WordPiece and
+# SentencePiece never join two words into one token.
+_WORD = re.compile(r"\S*\w\S*")
 TRIM_AFTER_WINDOWS = 512  # a call of this many windows returns freed memory to the system
 TRIM_DELAY_S = 1.0  # that long after it completed (its answer sent, its buffers freed)
 
@@ -331,6 +337,15 @@ class Batcher:
                 self._retry_after(count), self._queued_texts, self.config.max_queue_texts
             )
         windows, tokens = self.estimate(texts, truncation, max_windows)
+        limit = self.config.max_call_windows
+        if limit and windows > limit and self._tokenize_pool is not None:
+            # likely over the cost cap: prove it from a cheap lower bound before tokenising
+            at_least = await self._loop.run_in_executor(
+                self._tokenize_pool, self.windows_at_least, texts, truncation, max_windows,
+                limit,
+            )
+            if at_least > limit:
+                raise CallTooLarge(at_least, limit, count)
         self.check_wait(windows, deadline, count, caller, tokens)
         self._admit(count)
         if self._idle() and count <= self._micro[1]:
@@ -426,6 +441,29 @@ class Batcher:
             windows += n
             tokens += n * (content + 2) if n > 1 else min(content, len(text) / per_token) + 2
         return windows, tokens
+
+    def windows_at_least(
+        self,
+        texts: list[str],
+        truncation: Truncation = "window",
+        max_windows: int = 16,
+        stop_above: int | None = None,
+    ) -> int:
+        """Windows `texts` need at the least (windows grow with tokens, and every word is
+        a token or more): exact enough to refuse a call over the cost cap untokenised.
+        With `stop_above`, counting stops once the total is over it."""
+        tok = getattr(self.engine, "tokenizer", None)
+        if truncation != "window" or tok is None:
+            return len(texts)
+        # this many tokens already make max_windows windows: no need to count further
+        enough = tok.content + max(0, max_windows - 1) * tok.stride + 1
+        total = 0
+        for text in texts:
+            words = sum(1 for _ in itertools.islice(_WORD.finditer(text), enough))
+            total += len(window_starts(words, tok.content, tok.stride, max_windows))
+            if stop_above is not None and total > stop_above:
+                break  # proven over: the rest need not be counted
+        return total
 
     def estimated_wait(
         self, windows: int = 1, caller: str = "", tokens: float | None = None
