@@ -704,12 +704,14 @@ class Batcher:
         assert self._loop is not None
         groups = micro_batches([item.length for item in batch], *self._micro)
         for group in groups:
-            self._infer_group([batch[i] for i in group])
-            self._loop.call_soon_threadsafe(
+            done = functools.partial(
                 self._ran, left, len(group), sum(batch[i].length for i in group)
             )
+            self._infer_group([batch[i] for i in group], done)
 
-    def _infer_group(self, group: list[QueuedWindow]) -> None:
+    def _infer_group(self, group: list[QueuedWindow], done: Callable[[], None]) -> None:
+        """One forward; exactly one callback per outcome tells the loop the group is done
+        (with the results, on success: one loop hop per forward)."""
         assert self._loop is not None
         items = [item for item in group if item.request.live]
         now = self._clock()
@@ -723,6 +725,7 @@ class Batcher:
                 self._loop.call_soon_threadsafe(self._expire, request)
             items = [item for item in items if item.request not in expired]
         if not items:
+            self._loop.call_soon_threadsafe(done)
             return
         windows = [item.request.windows[item.index] for item in items]
         started = time.perf_counter_ns()
@@ -730,13 +733,20 @@ class Batcher:
             logits = self.engine.forward(windows)
         except Exception as exc:
             self._loop.call_soon_threadsafe(self._fail, items, exc)
+            self._loop.call_soon_threadsafe(done)
             return
         elapsed = time.perf_counter_ns() - started
-        self._loop.call_soon_threadsafe(self._deliver, items, logits, started, elapsed)
+        self._loop.call_soon_threadsafe(self._deliver, items, logits, started, elapsed, done)
 
     def _deliver(
-        self, items: list[QueuedWindow], logits: dict[str, np.ndarray], started: int, elapsed: int
+        self,
+        items: list[QueuedWindow],
+        logits: dict[str, np.ndarray],
+        started: int,
+        elapsed: int,
+        done: Callable[[], None],
     ) -> None:
+        done()
         lengths = [item.length for item in items]
         self._batch_stats(len(items), sum(lengths), max(lengths) * len(items), elapsed / 1e9)
         touched: dict[_Request, None] = {}
