@@ -260,10 +260,10 @@ class Batcher:
         self._cost = WindowCost()  # forward seconds per window, by its tokens (one thread)
         self._running_windows = 0  # windows in batches being run and not yet done
         self._running_tokens = 0
-        # characters per window (learnt from multi-window texts): estimates a call's cost
-        # before it is tokenised; starts at ~4 characters per content token
-        self._chars_per_window = float(4 * getattr(getattr(engine, "tokenizer", None),
-                                                   "content", 126))
+        # content tokens per window, and characters per window (learnt from multi-window
+        # texts): they estimate a call's cost before it is tokenised; ~4 characters a token
+        self._content = float(getattr(getattr(engine, "tokenizer", None), "content", 126))
+        self._chars_per_window = 4 * self._content
         self._wake = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task | None = None
@@ -432,7 +432,7 @@ class Batcher:
     ) -> tuple[int, float]:
         """(windows, tokens) `texts` will need, from their lengths and the characters per
         window seen so far (windows exact for short texts: one each)."""
-        content = float(getattr(getattr(self.engine, "tokenizer", None), "content", 126))
+        content = self._content
         per_window = self._chars_per_window
         per_token = per_window / content
         windows, tokens = 0, 0.0
