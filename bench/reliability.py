@@ -19,7 +19,10 @@
    later (pass --env WACHT_BATCHING__MAX_CALL_WINDOWS=0: the default cost cap refuses them).
 
 The load generator shares the machine with the server (2 cores here): compare runs made
-one after another on a quiet machine, never against fixed numbers. Not run in CI.
+one after another on a quiet machine, never against fixed numbers. On a larger machine,
+`--server-cpus 0,1` pins the server to those cores (as a 2-CPU pod) and the load generator
+to the others, and `--generators N` splits the open-loop overload over N processes, so
+the generator is not what limits the offered rate. Not run in CI.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import tempfile
@@ -159,16 +163,18 @@ async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
 
 
 async def open_loop(
-    address: str, rate: float, seconds: float, after: Any = None
+    address: str, rate: float, seconds: float, after: Any = None, start_at: float = 0.0
 ) -> tuple[Mix, Any]:
-    """`rate` calls/s for `seconds`, each on its own task; returns the mix and what
-    `after(time the last call was sent)` returned, started at that moment (so it runs while
-    the calls still in flight finish)."""
+    """`rate` calls/s for `seconds` (from `start_at`, a perf_counter time, if given), each on
+    its own task; returns the mix and what `after(time the last call was sent)` returned,
+    started at that moment (so it runs while the calls still in flight finish)."""
     mix = Mix()
     tasks: list[asyncio.Task] = []
     channels = 4  # several connections, as many clients would have
     clients = [client_for(address) for _ in range(channels)]
     try:
+        if start_at:
+            await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         started = time.perf_counter()
         sent = 0
         while True:
@@ -187,6 +193,35 @@ async def open_loop(
     finally:
         for client in clients:
             await client.close()
+
+
+def _generator(job: tuple[str, float, float, float, list[str], dict[str, str], bool]
+               ) -> tuple[list[Outcome], float]:
+    """One load-generator process: its share of the open loop; its outcomes and CPU s."""
+    address, rate, seconds, start_at, texts, keys, use_keys = job
+    TEXTS[:] = texts
+    KEYS.update(keys)  # the parent's keys: a spawned process would draw new ones
+    _use_keys[0] = use_keys
+    cpu = cpu_s(os.getpid())
+    mix, _ = asyncio.run(open_loop(address, rate, seconds, start_at=start_at))
+    return mix.outcomes, cpu_s(os.getpid()) - cpu
+
+
+async def open_loop_processes(
+    address: str, rate: float, seconds: float, generators: int, after: Any
+) -> tuple[Mix, Any, float]:
+    """The open loop split over `generators` processes starting together; the mix, what
+    `after` returned (started when the last call was due) and the generators' CPU seconds."""
+    start_at = time.perf_counter() + 2.0  # time for the processes to start and connect
+    job = (address, rate / generators, seconds, start_at, TEXTS, KEYS, _use_keys[0])
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(generators) as pool:
+        pending = pool.map_async(_generator, [job] * generators)
+        await asyncio.sleep(max(0.0, start_at + seconds - time.perf_counter()))
+        probe = await after(time.perf_counter())
+        results = await asyncio.to_thread(pending.get)
+    mix = Mix([o for outcomes, _ in results for o in outcomes])
+    return mix, probe, sum(cpu for _, cpu in results)
 
 
 async def recovery(address: str, since: float, normal_ms: float, limit_s: float = 30.0) -> float:
@@ -219,7 +254,8 @@ def served_codes(metrics_port: int) -> Counter[str]:
 
 
 async def bench_overload(address: str, seconds: float, factor: float,
-                         metrics_port: int = 0, server_pid: int = 0) -> None:
+                         metrics_port: int = 0, server_pid: int = 0,
+                         generators: int = 1) -> None:
     await closed_loop(address, 4, 1.0)  # warm up
     capacity_mix = await closed_loop(address, 16, 5.0)
     capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
@@ -233,11 +269,17 @@ async def bench_overload(address: str, seconds: float, factor: float,
     before = served_codes(metrics_port) if metrics_port else Counter()
     cpu_before = (cpu_s(server_pid) if server_pid else 0.0, cpu_s(os.getpid()),
                   time.perf_counter())
-    mix, seconds_to_normal = await open_loop(
-        address, rate, seconds, lambda since: recovery(address, since, normal_ms))
+    generator_cpu = 0.0
+    if generators > 1:
+        mix, seconds_to_normal, generator_cpu = await open_loop_processes(
+            address, rate, seconds, generators,
+            lambda since: recovery(address, since, normal_ms))
+    else:
+        mix, seconds_to_normal = await open_loop(
+            address, rate, seconds, lambda since: recovery(address, since, normal_ms))
     wall = time.perf_counter() - cpu_before[2]
     server_cores = (cpu_s(server_pid) - cpu_before[0]) / wall if server_pid else float("nan")
-    client_cores = (cpu_s(os.getpid()) - cpu_before[1]) / wall
+    client_cores = (cpu_s(os.getpid()) - cpu_before[1] + generator_cpu) / wall
     codes = mix.codes()
     total = sum(codes.values())
     ok = mix.ok_ms()
@@ -257,8 +299,11 @@ async def bench_overload(address: str, seconds: float, factor: float,
               f"max {max(retries, default=float('nan')):.3f} s", flush=True)
     print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
           f"were within 2x the unloaded p99", flush=True)
-    print(f"  CPU while offered and recovering: server {server_cores:.2f} cores, this load "
-          f"generator {client_cores:.2f} cores (of {os.cpu_count()})", flush=True)
+    server_of = len(os.sched_getaffinity(server_pid)) if server_pid else os.cpu_count()
+    print(f"  CPU while offered and recovering: server {server_cores:.2f} cores (of "
+          f"{server_of} it may use), load generator ({generators} process"
+          f"{'es' if generators > 1 else ''}) {client_cores:.2f} cores (of "
+          f"{len(os.sched_getaffinity(0))})", flush=True)
     if metrics_port:
         served = served_codes(metrics_port) - before
         print(f"  the server's own count of those calls (and the recovery probe's): "
@@ -336,19 +381,38 @@ async def main_async(args: argparse.Namespace) -> None:
     from bench.load import _free_port
 
     metrics_port = int(env.setdefault("WACHT_METRICS_PORT", str(_free_port())))
+    every_cpu = os.sched_getaffinity(0)
+    server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else every_cpu
+    if not server_cpus <= every_cpu or (args.server_cpus and server_cpus == every_cpu):
+        raise SystemExit(f"--server-cpus {args.server_cpus}: must be a proper subset of "
+                         f"this process's CPUs {sorted(every_cpu)}")
+    os.sched_setaffinity(0, server_cpus)  # the server inherits these ...
     server = ServerProcess(Path(args.model), env)
+    if args.server_cpus:
+        os.sched_setaffinity(0, every_cpu - server_cpus)  # ... the generators the rest
+        print(f"server pinned to CPUs {sorted(server_cpus)}, load generators to "
+              f"{sorted(every_cpu - server_cpus)}", flush=True)
     try:
         await server.wait_serving()
         only = set(args.only.split(","))
         if "overload" in only:
             await bench_overload(server.address, args.seconds, args.factor, metrics_port,
-                                 server.process.pid)
+                                 server.process.pid, args.generators)
         if "fairness" in only:
             await bench_fairness(server.address)
         if "memory" in only:
             await bench_memory(server.address, server.process.pid)
     finally:
         server.stop()
+
+
+def parse_cpus(spec: str) -> set[int]:
+    """`0,1` or `0-3,8` -> a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anonymous", action="store_true",
                         help="no callers file: every call is its own fair-queueing flow")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument("--server-cpus", default="",
+                        help="pin the server to these CPUs (e.g. 0,1 or 0-3) and the load "
+                             "generators to the others")
+    parser.add_argument("--generators", type=int, default=1,
+                        help="overload: split the open loop over N processes (1)")
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0
