@@ -287,10 +287,13 @@ def _channel_args(
     key_file: str | Path | None,
     server_name: str | None,
     service_config: Mapping[str, Any] | None,
+    own_connection: bool = False,
 ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
     options = _options(service_config)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
+    if own_connection:  # grpc otherwise shares connections among like channels of a process
+        options.append(("grpc.use_local_subchannel_pool", 1))
     secure = tls if tls is not None else any(x is not None for x in (ca_file, cert_file))
     return (channel_credentials(ca_file, cert_file, key_file) if secure else None), options
 
@@ -387,11 +390,14 @@ def make_channel(
     server_name: str | None = None,
     api_key: str | None = None,
     service_config: Mapping[str, Any] | None = SERVICE_CONFIG,
+    own_connection: bool = False,
 ) -> grpc.Channel:
     """A blocking channel: TLS when `tls` or a CA/certificate is given, the API key on
-    every call, and the default service config (None = grpc's defaults)."""
+    every call, and the default service config (None = grpc's defaults). `own_connection`:
+    connections of its own, not shared with other channels of this process to the same
+    address, so that several clients spread over a server's workers (or replicas)."""
     credentials, options = _channel_args(tls, ca_file, cert_file, key_file, server_name,
-                                         service_config)
+                                         service_config, own_connection)
     channel = (
         grpc.secure_channel(address, credentials, options=options)
         if credentials is not None
@@ -411,10 +417,11 @@ def make_async_channel(
     server_name: str | None = None,
     api_key: str | None = None,
     service_config: Mapping[str, Any] | None = SERVICE_CONFIG,
+    own_connection: bool = False,
 ) -> grpc.aio.Channel:
     """The grpc.aio channel of `make_channel`."""
     credentials, options = _channel_args(tls, ca_file, cert_file, key_file, server_name,
-                                         service_config)
+                                         service_config, own_connection)
     metadata = _key_metadata(api_key)
     interceptors = [cls(metadata) for cls in (_AsyncUU, _AsyncUS, _AsyncSU, _AsyncSS)] \
         if metadata else None
