@@ -102,7 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"wacht: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log.level, config.log.format, config.log.raw_text)
+    configure_logging(config.log.level, config.log.format, config.log.raw_text, config.worker)
+    if config.workers > 1 and not config.worker:
+        from wacht.service.api.workers import serve_workers
+
+        return serve_workers(config, env, args.config)
     from wacht.service.api.server import serve
 
     try:

@@ -163,6 +163,10 @@ class Config:
     # Close each client connection after this long (plus a grace of the same length for
     # its calls), so clients re-resolve and spread over new replicas; 0 = never.
     max_connection_age_s: float = 0.0
+    # Server processes on the same ports (SO_REUSEPORT), each with its own event loop and
+    # models, started and watched by `wacht serve` (service/api/workers.py); 1 = this one.
+    workers: int = 1
+    worker: int = 0  # set by the supervisor in each worker: 1..workers
     source: str = "defaults"
 
     def health_listen_address(self) -> str:
@@ -177,7 +181,7 @@ class Config:
         served 1.15-1.2x the texts/s of one forward over both cores on the 2-core
         reference host (one text at a time costs ~10% latency). On a GPU one forward at a
         time, with large micro-batches."""
-        cores = available_cores()
+        cores = max(1, available_cores() // self.workers)
         forwards = self.batching.inference_threads or (cores if self.device == "cpu" else 1)
         return forwards, self.intra_op_threads or max(1, cores // forwards)
 
@@ -323,6 +327,10 @@ def _validate(config: Config) -> None:
             fail(key, f"expected host:port, got {value!r}")
     if config.max_connection_age_s < 0:
         fail("max_connection_age_s", "must be >= 0")
+    if config.workers < 1:
+        fail("workers", f"must be >= 1, got {config.workers}")
+    if not 0 <= config.worker <= config.workers:
+        fail("worker", f"must be between 0 and workers ({config.workers}), got {config.worker}")
     tls = config.tls
     if (tls.cert_file is None) != (tls.key_file is None):
         fail("tls", "cert_file and key_file go together")

@@ -69,6 +69,8 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("policies_dir: /does/not/exist\n", "policies_dir"),
         ("- a list\n", "expected a mapping"),
         ("a: [unclosed\n", "invalid YAML"),
+        ("workers: 0\n", "workers: must be >= 1, got 0"),
+        ("workers: 2\nworker: 3\n", "worker: must be between 0 and workers (2), got 3"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -99,6 +101,8 @@ def test_missing_file() -> None:
         ({"WACHT_BATCHING__INFERENCE_THREADS": "1"}, 8, (1, 8)),
         ({"WACHT_BATCHING__INFERENCE_THREADS": "2", "WACHT_INTRA_OP_THREADS": "3"}, 8, (2, 3)),
         ({"WACHT_DEVICE": "cuda"}, 8, (1, 8)),
+        ({"WACHT_WORKERS": "4"}, 8, (2, 1)),  # each worker its share of the cores
+        ({"WACHT_WORKERS": "4"}, 2, (1, 1)),
     ],
 )
 def test_thread_defaults_resolve_from_the_cores(

@@ -83,7 +83,7 @@ class WachtServer:
     def _options(self) -> list[tuple[str, int]]:
         options = [
             ("grpc.max_receive_message_length", self._max_message_bytes()),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.config.workers > 1)),
             ("grpc.http2.bdp_probe", 0),
             # grpc core sheds calls the application has not taken yet: between a soft and a
             # hard limit of pending calls (1000/3000 by default), at random, as CANCELLED,
@@ -148,7 +148,9 @@ class WachtServer:
         self.port = self._listen(server, self.config.address, self.config.tls.enabled)
         health_address = self.config.health_listen_address()
         if health_address:
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self.health_server = grpc.aio.server(
+                options=[("grpc.so_reuseport", int(self.config.workers > 1))]
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self._listen(self.health_server, health_address, False)
             await self.health_server.start()

@@ -108,7 +108,8 @@ class HttpGateway:
         host, _, port = self.config.address.rpartition(":")
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=False)
+        reuse = self.state.config.workers > 1  # the workers share the port
+        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=reuse)
         try:
             await site.start()
         except OSError as exc:

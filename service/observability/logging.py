@@ -12,8 +12,11 @@ import structlog
 _raw_text = False
 
 
-def configure_logging(level: str = "info", fmt: str = "json", raw_text: bool = False) -> None:
-    """Route structlog (and stdlib logging) to stderr as JSON lines (or console text)."""
+def configure_logging(
+    level: str = "info", fmt: str = "json", raw_text: bool = False, worker: int = 0
+) -> None:
+    """Route structlog (and stdlib logging) to stderr as JSON lines (or console text);
+    `worker`: this process's worker index, on every line (0: none, see api/workers.py)."""
     global _raw_text
     _raw_text = raw_text
     numeric = logging.getLevelName(level.upper())
@@ -25,6 +28,7 @@ def configure_logging(level: str = "info", fmt: str = "json", raw_text: bool = F
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([_add_worker(worker)] if worker else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -37,6 +41,14 @@ def configure_logging(level: str = "info", fmt: str = "json", raw_text: bool = F
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("grpc").setLevel(max(numeric, logging.WARNING))
+
+
+def _add_worker(worker: int) -> Any:
+    def add(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("worker", worker)
+        return event
+
+    return add
 
 
 def get_logger(name: str = "wacht") -> Any:
