@@ -78,10 +78,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (its threads included)."""
+def cpu_s(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process (its threads included; `children`: and of
+    its running child processes, a server's workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return own
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                own += cpu_s(int(entry.name))
+        except OSError:
+            continue
+    return own
 
 
 def long_text(seed: int, size: int = 65000) -> str:
@@ -145,11 +156,13 @@ async def one_call(client: Any, texts: list[str], timeout: float = DEADLINE_S) -
 
 async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
     mix = Mix()
-    async with client_for(address) as client:
+    # several connections (a server's workers are reached per connection), as open_loop
+    clients = [client_for(address, own_connection=True) for _ in range(min(4, concurrency))]
+    try:
         stop = time.perf_counter() + seconds
         counter = 0
 
-        async def worker() -> None:
+        async def worker(client: Any) -> None:
             nonlocal counter
             while time.perf_counter() < stop:
                 counter += 1
@@ -158,7 +171,10 @@ async def closed_loop(address: str, concurrency: int, seconds: float) -> Mix:
                 if outcome.retry_s:  # a polite client waits as told (no retry storm)
                     await asyncio.sleep(outcome.retry_s)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
+    finally:
+        for client in clients:
+            await client.close()
     return mix
 
 
@@ -171,7 +187,7 @@ async def open_loop(
     mix = Mix()
     tasks: list[asyncio.Task] = []
     channels = 4  # several connections, as many clients would have
-    clients = [client_for(address) for _ in range(channels)]
+    clients = [client_for(address, own_connection=True) for _ in range(channels)]
     try:
         if start_at:
             await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
@@ -267,7 +283,7 @@ async def bench_overload(address: str, seconds: float, factor: float,
     rate = capacity * factor
     normal_ms = 2 * pct(unloaded, .99)
     before = served_codes(metrics_port) if metrics_port else Counter()
-    cpu_before = (cpu_s(server_pid) if server_pid else 0.0, cpu_s(os.getpid()),
+    cpu_before = (cpu_s(server_pid, True) if server_pid else 0.0, cpu_s(os.getpid()),
                   time.perf_counter())
     generator_cpu = 0.0
     if generators > 1:
@@ -278,7 +294,7 @@ async def bench_overload(address: str, seconds: float, factor: float,
         mix, seconds_to_normal = await open_loop(
             address, rate, seconds, lambda since: recovery(address, since, normal_ms))
     wall = time.perf_counter() - cpu_before[2]
-    server_cores = (cpu_s(server_pid) - cpu_before[0]) / wall if server_pid else float("nan")
+    server_cores = (cpu_s(server_pid, True) - cpu_before[0]) / wall if server_pid else float("nan")
     client_cores = (cpu_s(os.getpid()) - cpu_before[1] + generator_cpu) / wall
     codes = mix.codes()
     total = sum(codes.values())
