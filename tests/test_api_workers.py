@@ -7,6 +7,7 @@ with an error instead of restarting for ever."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,11 +78,13 @@ def supervisor(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int, int]]:
         wait_for(lambda: serving(port), 120)
         yield process, port, metrics_port
     finally:
+        left = children(process.pid)  # before the supervisor goes (they would be orphans)
         if process.poll() is None:
             process.kill()
             process.wait(30)
-        for pid in children(process.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def call_on_new_connections(port: int, calls: int) -> None:
