@@ -166,6 +166,9 @@ class Config:
     # Server processes on the same ports (SO_REUSEPORT), each with its own event loop and
     # models, started and watched by `wacht serve` (service/api/workers.py); 1 = this one.
     workers: int = 1
+    # Call requests kept open in grpc core per method beyond grpc.aio's one
+    # (service/api/intake.py), so a flood of small calls reaches Wacht's admission.
+    accept_loops: int = 4
     worker: int = 0  # set by the supervisor in each worker: 1..workers
     source: str = "defaults"
 
@@ -327,6 +330,8 @@ def _validate(config: Config) -> None:
             fail(key, f"expected host:port, got {value!r}")
     if config.max_connection_age_s < 0:
         fail("max_connection_age_s", "must be >= 0")
+    if config.accept_loops < 0:
+        fail("accept_loops", f"must be >= 0, got {config.accept_loops}")
     if config.workers < 1:
         fail("workers", f"must be >= 1, got {config.workers}")
     if not 0 <= config.worker <= config.workers:

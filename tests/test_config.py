@@ -70,6 +70,7 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("- a list\n", "expected a mapping"),
         ("a: [unclosed\n", "invalid YAML"),
         ("workers: 0\n", "workers: must be >= 1, got 0"),
+        ("accept_loops: -1\n", "accept_loops: must be >= 0, got -1"),
         ("workers: 2\nworker: 3\n", "worker: must be between 0 and workers (2), got 3"),
     ],
 )

@@ -70,8 +70,9 @@ def _guard_server_stream(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def add_servicer(
     server: grpc.aio.Server, servicer: Any, file: FileDescriptor, service_name: str
-) -> str:
-    """Register every method of `service_name` (declared in `file`); return its full name."""
+) -> tuple[str, dict[str, grpc.RpcMethodHandler]]:
+    """Register every method of `service_name` (declared in `file`); return its full name
+    and its handlers by method path (`/wacht.v1.Moderation/Moderate`)."""
     service = file.services_by_name[service_name]
     handlers = {}
     for method in service.methods:
@@ -97,4 +98,4 @@ def add_servicer(
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
     server.add_registered_method_handlers(service.full_name, handlers)
-    return service.full_name
+    return service.full_name, {f"/{service.full_name}/{m}": h for m, h in handlers.items()}

@@ -27,6 +27,7 @@ from wacht.service.api.analysis import AnalysisServicer
 from wacht.service.api.calls import CallRunner
 from wacht.service.api.gate import ReflectionGate
 from wacht.service.api.handlers import add_servicer
+from wacht.service.api.intake import Intake
 from wacht.service.api.models import ModelsServicer
 from wacht.service.api.moderation import ModerationServicer
 from wacht.service.api.serving import ReloadResult, ServedModels
@@ -55,6 +56,7 @@ class WachtServer:
         self._reloads: set[asyncio.Task[list[ReloadResult]]] = set()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.intake = Intake(config.accept_loops)
         self.health_server: grpc.aio.Server | None = None
         self.certificates: CertificateFiles | None = None
         self.port = 0
@@ -135,9 +137,12 @@ class WachtServer:
             AnalysisServicer(self.state, self.runner),
             ModelsServicer(self.state, self.runner),
         )
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
         for file, servicer in zip(files, servicers, strict=True):
             name = next(iter(file.services_by_name))
-            self.service_names.append(add_servicer(server, servicer, file, name))
+            full_name, methods = add_servicer(server, servicer, file, name)
+            self.service_names.append(full_name)
+            handlers.update(methods)
         self.servicers = servicers
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for name in ("", *self.service_names):
@@ -155,6 +160,7 @@ class WachtServer:
             self.health_port = self._listen(self.health_server, health_address, False)
             await self.health_server.start()
         await server.start()
+        intake = self.intake.start(server, handlers, [gate] if gate is not None else [])
         if self.config.http.address:
             await self._start_http()
         if self.config.metrics_port:
@@ -171,6 +177,7 @@ class WachtServer:
             health_port=self.health_port or None,
             metrics_port=self.metrics_port or None,
             http_port=self.http_port or None,
+            extra_call_requests=intake,
             config=self.config.source,
         )
         if self.guard.enforcing and not self.config.tls.enabled:
@@ -301,6 +308,7 @@ class WachtServer:
             await self.http.stop()
         if self.server is not None:
             await self.server.stop(max(0.05, min(0.5, deadline - time.monotonic())))
+        await self.intake.close()
         if self.health_server is not None:
             await self.health_server.stop(0.1)
         for task in list(self._reloads):
