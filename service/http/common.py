@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from wacht.service.api import errors
 from wacht.service.api.calls import REQUEST_ID_KEY, CallRunner
+from wacht.service.observability.logging import new_request_id
 from wacht.v1 import common_pb2
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def violations(error: errors.ApiError) -> list[tuple[str, str]]:
 
 def request_id(request: web.Request) -> str:
     value = request.headers.get(REQUEST_ID_KEY, "")
-    return value if 0 < len(value) <= 128 and value.isprintable() else uuid.uuid4().hex
+    return value if 0 < len(value) <= 128 and value.isprintable() else new_request_id()
 
 
 def deadline(request: web.Request, default_s: float) -> float | None:
