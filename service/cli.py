@@ -108,9 +108,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_workers(config, env, args.config)
     from wacht.service.api.server import serve
+    from wacht.service.observability.loopload import new_event_loop
 
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(config))
     except (KeysFileError, TlsFilesError) as exc:
         print(f"wacht: invalid configuration: {exc}", file=sys.stderr)
         return 2

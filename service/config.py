@@ -169,6 +169,9 @@ class Config:
     # Call requests kept open in grpc core per method beyond grpc.aio's one
     # (service/api/intake.py), so a flood of small calls reaches Wacht's admission.
     accept_loops: int = 4
+    # Refuse a share of new scoring calls while the event loop is busier than this
+    # (service/api/intake.py Saturation): past it, calls wait unseen in grpc core. 0 = never.
+    max_loop_busy: float = 0.9
     worker: int = 0  # set by the supervisor in each worker: 1..workers
     source: str = "defaults"
 
@@ -330,6 +333,8 @@ def _validate(config: Config) -> None:
             fail(key, f"expected host:port, got {value!r}")
     if config.max_connection_age_s < 0:
         fail("max_connection_age_s", "must be >= 0")
+    if not 0 <= config.max_loop_busy <= 1:
+        fail("max_loop_busy", f"is a share between 0 and 1, got {config.max_loop_busy}")
     if config.accept_loops < 0:
         fail("accept_loops", f"must be >= 0, got {config.accept_loops}")
     if config.workers < 1:

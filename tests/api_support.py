@@ -70,7 +70,9 @@ class ServerThread:
 
         configure_logging("info", "json")  # to stderr, so stdout stays clean for CLI tests
         self.config = config
-        self.loop = asyncio.new_event_loop()
+        from wacht.service.observability.loopload import new_event_loop
+
+        self.loop = new_event_loop()  # as `wacht serve`'s
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = WachtServer(config)

@@ -46,7 +46,7 @@ async def _many(address: str, calls: int) -> list[str]:
 
 def test_calls_are_taken_in_by_the_extra_requests() -> None:
     require_model()
-    with server_thread(make_config(accept_loops=4)) as server:
+    with server_thread(make_config(accept_loops=4, max_loop_busy=0.0)) as server:
         codes = asyncio.run(_many(server.address, 200))
         assert codes == ["OK"] * 202
         # 4 more requests per method than grpc's one: most calls of a burst come through them
@@ -55,10 +55,10 @@ def test_calls_are_taken_in_by_the_extra_requests() -> None:
 
 def test_no_extra_requests_when_off_or_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     require_model()
-    with server_thread(make_config(accept_loops=0)) as server:
+    with server_thread(make_config(accept_loops=0, max_loop_busy=0.0)) as server:
         assert asyncio.run(_many(server.address, 40)) == ["OK"] * 42
         assert server.server.intake.accepted == 0
     monkeypatch.setattr(intake, "_private_api", lambda server: None)
-    with server_thread(make_config(accept_loops=4)) as server:
+    with server_thread(make_config(accept_loops=4, max_loop_busy=0.0)) as server:
         assert asyncio.run(_many(server.address, 40)) == ["OK"] * 42
         assert server.server.intake.accepted == 0

@@ -68,16 +68,27 @@ def test_burst_gets_ok_or_resource_exhausted_and_recovers() -> None:
         assert codes["OK"] > 0 and codes["RESOURCE_EXHAUSTED"] > 0, codes
         retries = [r for code, _, r in outcomes if code == "RESOURCE_EXHAUSTED"]
         assert all(r is not None and 0 < r <= 60 for r in retries)
-        # recovery: right after the burst a lone call is as fast as before it (with slack
-        # for a shared machine)
+        # recovery: right after the burst a lone call is served within a second, as fast as
+        # before it (with slack for a shared machine); one sent within milliseconds of the
+        # burst may still be refused at the door, and its RetryInfo is honoured
         with WachtClient(address, timeout=30) as c:
-            started = time.perf_counter()
-            c.moderate(["calm again"])
-            assert time.perf_counter() - started < max(1.0, 20 * sorted(lone)[-1])
+            started, refused = time.perf_counter(), 0
+            while True:
+                sent = time.perf_counter()
+                try:
+                    c.moderate(["calm again"])
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    assert time.perf_counter() - started < 1.0, "not recovered within 1 s"
+                    refused += 1
+                    time.sleep(_retry_s(exc) or 0.05)
+            assert time.perf_counter() - sent < max(1.0, 20 * sorted(lone)[-1])
+            assert time.perf_counter() - started < 1.0 + max(1.0, 20 * sorted(lone)[-1])
         text = server.metrics_text()
         assert metric_value(text, "wacht_requests_total", code="CANCELLED") == 0
         assert metric_value(text, "wacht_requests_total", method="Moderate",
-                            code="RESOURCE_EXHAUSTED") == codes["RESOURCE_EXHAUSTED"]
+                            code="RESOURCE_EXHAUSTED") == codes["RESOURCE_EXHAUSTED"] + refused
 
 
 def test_huge_call_does_not_hold_back_small_calls() -> None:

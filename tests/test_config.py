@@ -71,6 +71,7 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("a: [unclosed\n", "invalid YAML"),
         ("workers: 0\n", "workers: must be >= 1, got 0"),
         ("accept_loops: -1\n", "accept_loops: must be >= 0, got -1"),
+        ("max_loop_busy: 1.5\n", "max_loop_busy: is a share between 0 and 1, got 1.5"),
         ("workers: 2\nworker: 3\n", "worker: must be between 0 and workers (2), got 3"),
     ],
 )

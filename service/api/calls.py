@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from wacht.service.api import errors
+from wacht.service.api.intake import Saturation
 from wacht.service.api.tls import peer_identity
 from wacht.service.batching.batcher import (
     BatcherClosed,
@@ -22,7 +22,12 @@ from wacht.service.batching.batcher import (
     QueueFull,
 )
 from wacht.service.moderation.moderator import InvalidArgument
-from wacht.service.observability.logging import bind_request, clear_request, get_logger
+from wacht.service.observability.logging import (
+    bind_request,
+    clear_request,
+    get_logger,
+    new_request_id,
+)
 from wacht.service.runtime.engine import TextTooLong
 from wacht.service.security import (
     Caller,
@@ -124,7 +129,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -180,6 +185,7 @@ class CallRunner:
     def __init__(self, state: ServingState, guard: Guard | None = None) -> None:
         self.state = state
         self.guard = guard or Guard(None)
+        self.saturation = Saturation(state.config.max_loop_busy)
 
     def _identify(self, method: str, context: grpc.aio.ServicerContext) -> Call:
         """Request id and caller (Unauthenticated raises here: the call has no caller)."""
@@ -199,6 +205,7 @@ class CallRunner:
         if admission is not None:
             raise admission
         if sheds:
+            self.saturation.check(call.caller.name)
             self.state.shed(call.deadline)
         call.ticket = self.guard.enter(call.caller)
 

@@ -15,11 +15,15 @@ they are missing (another grpc version) the server runs with grpc's one request 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from wacht.service.api import errors
+from wacht.service.observability import loopload
 from wacht.service.observability.logging import get_logger
 
 log = get_logger("wacht.intake")
@@ -101,3 +105,76 @@ class Intake:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Saturation:
+    """Refuses a share of new scoring calls while the event loop is busier than `max_busy`.
+
+    A saturated loop cannot even take calls in: they wait in grpc core, where neither the
+    batchers' wait estimate nor any deadline sees them. Every WINDOW_S the loop's busy
+    share is read; once it has been over `max_busy` for STREAK more windows than under it
+    (so a burst the loop works off in a moment is served) the admitted share falls by 30% a
+    window (down to FLOOR); it rises by 10 points in each window under it, and back to all
+    in one at most half as busy. Only callers that sent at least half their fair share of
+    the last window's calls are refused (a polite caller beside a flooding one is let in).
+    Refused calls get RESOURCE_EXHAUSTED with the time the admitted share needs to come back
+    to all. 0 = never.
+    """
+
+    WINDOW_S = 0.05
+    STREAK = 3
+    FLOOR = 0.02
+
+    def __init__(
+        self,
+        max_busy: float,
+        idle_s: Callable[[], float | None] = loopload.idle_s,
+        clock: Callable[[], float] = time.perf_counter,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.max_busy = max_busy
+        self.admitted = 1.0
+        self.busy = 0.0
+        self._streak = 0  # windows over max_busy less those under, never below 0
+        self._calls: dict[str, int] = {}  # this window's calls by caller
+        self._heavy: frozenset[str] = frozenset()  # callers refused while saturated
+        self._idle_s, self._clock, self._draw = idle_s, clock, draw
+        self._since: tuple[float, float] | None = None  # (clock, idle seconds) at window start
+
+    def check(self, caller: str = "") -> None:
+        """Raise ApiError(RESOURCE_EXHAUSTED) for a call refused at the door."""
+        if self.max_busy <= 0:
+            return
+        idle = self._idle_s()
+        if idle is None:
+            return
+        self._calls[caller] = self._calls.get(caller, 0) + 1
+        now = self._clock()
+        if self._since is None:
+            self._since = (now, idle)
+            return
+        elapsed, waited = now - self._since[0], idle - self._since[1]
+        # a window closes after WINDOW_S, or early once the loop has waited so long in it
+        # that it cannot end over max_busy (so an idle server lets the next call in)
+        if elapsed >= self.WINDOW_S or waited >= (1.0 - self.max_busy) * self.WINDOW_S:
+            self.busy = min(1.0, max(0.0, 1.0 - waited / max(elapsed, 1e-9)))
+            if self.busy > self.max_busy:
+                self._streak += 1
+                if self._streak >= self.STREAK:
+                    self.admitted = max(self.FLOOR, self.admitted * 0.7)
+            elif self.busy <= self.max_busy / 2:  # the flood is over
+                self._streak, self.admitted = 0, 1.0
+            else:
+                self._streak = max(0, self._streak - 1)
+                self.admitted = min(1.0, self.admitted + 0.1)
+            self._since = (now, idle)
+            total, fair = sum(self._calls.values()), 0.5 / len(self._calls)
+            self._heavy = frozenset(c for c, n in self._calls.items() if n >= fair * total)
+            self._calls = {}
+        if self.admitted < 1.0 and caller in self._heavy and self._draw() >= self.admitted:
+            retry = max(self.WINDOW_S, (1.0 - self.admitted) / 0.1 * self.WINDOW_S)
+            raise errors.resource_exhausted(
+                f"the server is saturated taking calls in (event loop {self.busy:.0%} busy, "
+                f"admitting {self.admitted:.0%} of calls); retry later",
+                retry,
+            )
