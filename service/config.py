@@ -337,6 +337,9 @@ def _validate(config: Config) -> None:
         fail("max_loop_busy", f"is a share between 0 and 1, got {config.max_loop_busy}")
     if config.accept_loops < 0:
         fail("accept_loops", f"must be >= 0, got {config.accept_loops}")
+    for key in ("max_queue_wait_ms", "max_standing_wait_ms", "standing_after_ms"):
+        if getattr(config.batching, key) < 0:
+            fail(f"batching.{key}", f"must be >= 0 (0 = off), got {getattr(config.batching, key)}")
     if config.workers < 1:
         fail("workers", f"must be >= 1, got {config.workers}")
     if not 0 <= config.worker <= config.workers:

@@ -33,6 +33,7 @@ class FakeEngine:
         self.gates: dict[int, threading.Event] = {}
         self.started: set[int] = set()
         self.lock = threading.Lock()
+        self.tokenizing = threading.Event()
 
     def gate(self, token: int) -> threading.Event:
         self.gates[token] = threading.Event()
@@ -41,6 +42,9 @@ class FakeEngine:
     def encode(self, texts, truncation="window", max_windows=16):
         out = []
         for index, text in enumerate(texts):
+            if text.startswith("~"):  # held in the tokeniser until `tokenizing` is set
+                assert self.tokenizing.wait(10), "test forgot to release the tokeniser"
+                text = text[1:]
             if text == "too long":
                 raise TextTooLong(index, 999, 10)
             parts = [[int(t) for t in part.split()] for part in text.split("|")]
@@ -496,11 +500,13 @@ async def test_admission_by_estimated_wait_and_deadline():
     from wacht.service.batching.batcher import Overloaded
 
     engine, recorder = FakeEngine(), Recorder()
-    batcher = await started(engine, config(inference_threads=1, max_queue_wait_ms=30), recorder)
+    cfg = config(inference_threads=1, max_queue_wait_ms=0, max_standing_wait_ms=0)
+    batcher = await started(engine, cfg, recorder)
     gate, running = await block_engine(batcher, engine)
     batcher._cost.observe(1, 3, 0.012)  # as if measured: 4 ms per token
     waiting = [asyncio.create_task(batcher.score([f"{i}"])) for i in range(5)]
     await until(lambda: batcher.queue_windows == 5)
+    batcher.config.max_queue_wait_ms = 30
     # 5 queued flows of 3 tokens + the running window (2 tokens estimated from its 3
     # characters) ahead: 17 tokens, 68 ms > 30 ms
     assert batcher._running_tokens == 2
@@ -538,6 +544,108 @@ async def test_the_wait_estimate_stops_counting_what_a_running_batch_has_done():
     assert total((await call)[0]) == [8.0, 9.0, 11.0, 706.0]
     await until(lambda: batcher._in_flight == 0)
     assert (batcher._running_windows, batcher._running_tokens) == (0, 0)
+    await batcher.stop()
+
+
+async def test_overload_drops_the_bound_to_the_standing_one_until_idle():
+    """Once max_queue_wait_ms refuses a call, calls may wait only max_standing_wait_ms: the
+    queued calls past it are refused at once, new ones over it too; idle, the long bound
+    is back."""
+    from wacht.service.batching.batcher import Overloaded
+
+    engine, recorder, clock = FakeEngine(), Recorder(), FakeClock()
+    cfg = config(inference_threads=1, max_queue_wait_ms=30, max_standing_wait_ms=10,
+                 standing_after_ms=100)
+    batcher = await started(engine, cfg, recorder, clock)
+    gate, running = await block_engine(batcher, engine)
+    batcher._cost.observe(1, 3, 0.012)  # as if measured: 4 ms per token, 12 ms a window
+    # the running window (8 ms) and two queued ones (12 ms each) are 32 ms of work
+    first = asyncio.create_task(batcher.score(["5"]))
+    second = asyncio.create_task(batcher.score(["6"]))
+    await until(lambda: batcher.queue_windows == 2)
+    assert batcher.wait_bound() == pytest.approx(0.030)  # a burst: the long bound
+    with pytest.raises(Overloaded) as over:
+        await batcher.score(["9"])  # 32 ms > 30 ms
+    assert over.value.wait_s == pytest.approx(0.032)
+    # refused by the bound once, and again after a gap longer than 100 ms: still a burst
+    clock.now += 0.15
+    with pytest.raises(Overloaded):
+        await batcher.score(["9"])
+    assert batcher.wait_bound() == pytest.approx(0.030)
+    clock.now += 0.06
+    with pytest.raises(Overloaded):
+        await batcher.score(["9"])
+    assert batcher.wait_bound() == pytest.approx(0.030)
+    # refusals with no gap over 100 ms for 100 ms: overload
+    clock.now += 0.05
+    with pytest.raises(Overloaded):
+        await batcher.score(["9"])
+    assert batcher.wait_bound() == pytest.approx(0.010)
+    # the second queued call would start 20 ms from now, past the standing 10 ms: refused,
+    # with the time until it would have fitted; the first (8 ms away) is kept
+    with pytest.raises(Overloaded) as late:
+        await second
+    assert late.value.retry_after_s == pytest.approx(0.010)
+    assert batcher.queue_windows == 1
+    assert recorder.drops.count(("overloaded", 1)) == 5
+    with pytest.raises(Overloaded):
+        await batcher.score(["7"])  # 20 ms > 10 ms
+    gate.set()
+    await running
+    assert total((await first)[0]) == [8.0]
+    await until(lambda: batcher._in_flight == 0)
+    assert batcher.wait_bound() == pytest.approx(0.030)  # idle again: a burst may queue
+    assert total((await batcher.score(["4"]))[0]) == [7.0]
+    await batcher.stop()
+
+
+async def test_the_standing_bound_is_off_at_zero():
+    from wacht.service.batching.batcher import Overloaded
+
+    engine = FakeEngine()
+    cfg = config(inference_threads=1, max_queue_wait_ms=30, max_standing_wait_ms=0)
+    batcher = await started(engine, cfg, Recorder())
+    gate, running = await block_engine(batcher, engine)
+    batcher._cost.observe(1, 3, 0.012)
+    queued = [asyncio.create_task(batcher.score([f"{i}"])) for i in (5, 6)]
+    await until(lambda: batcher.queue_windows == 2)
+    with pytest.raises(Overloaded):
+        await batcher.score(["9"])
+    assert batcher.wait_bound() == pytest.approx(0.030)
+    assert batcher.queue_windows == 2  # nothing queued was refused
+    gate.set()
+    await running
+    assert len(await asyncio.gather(*queued)) == 2
+    await batcher.stop()
+
+
+async def test_calls_being_tokenised_count_in_the_wait_each_as_a_flow():
+    """Admitted calls still in the tokeniser are not in the queue yet, but will be ahead:
+    each counts with at most the new call's windows (round-robin), so a big call being
+    tokenised does not make a small call's wait look like the big call's whole length."""
+    engine = FakeEngine()
+    batcher = await started(engine, config(inference_threads=1), Recorder())
+    gate, running = await block_engine(batcher, engine)
+    batcher._cost.observe(1, 3, 0.012)  # no fixed part: 4 ms per token
+    base = batcher.estimated_wait(1)
+    big = asyncio.create_task(batcher.score(["~1", "~2", "~3", "~4"]))
+    await until(lambda: batcher._pending_calls == 1)
+    per_window = batcher._pending_tokens / 4
+    assert batcher.estimated_wait(1) == pytest.approx(base + 0.004 * per_window)
+    assert batcher.estimated_wait(3, tokens=0) == pytest.approx(base + 3 * 0.004 * per_window)
+    small = [asyncio.create_task(batcher.score([f"~{i}"])) for i in (5, 6)]
+    await until(lambda: batcher._pending_calls == 3)
+    assert batcher._pending_windows == 6
+    # three flows ahead, one window each, of their mean tokens
+    mean = batcher._pending_tokens / 6
+    assert batcher.estimated_wait(1) == pytest.approx(base + 3 * 0.004 * mean)
+    engine.tokenizing.set()
+    await until(lambda: batcher._pending_calls == 0)
+    assert (batcher._pending_windows, batcher._pending_tokens) == (0, 0)
+    gate.set()
+    await running
+    assert [total(s) for s, _ in await asyncio.gather(big, *small)] == [
+        [4.0, 5.0, 6.0, 7.0], [8.0], [9.0]]
     await batcher.stop()
 
 

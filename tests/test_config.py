@@ -72,6 +72,10 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
         ("workers: 0\n", "workers: must be >= 1, got 0"),
         ("accept_loops: -1\n", "accept_loops: must be >= 0, got -1"),
         ("max_loop_busy: 1.5\n", "max_loop_busy: is a share between 0 and 1, got 1.5"),
+        ("batching:\n  max_standing_wait_ms: -5\n",
+         "batching.max_standing_wait_ms: must be >= 0 (0 = off), got -5"),
+        ("batching:\n  max_queue_wait_ms: -1\n",
+         "batching.max_queue_wait_ms: must be >= 0 (0 = off), got -1"),
         ("workers: 2\nworker: 3\n", "worker: must be between 0 and workers (2), got 3"),
     ],
 )

@@ -112,6 +112,16 @@ class BatchingConfig:
     # slower 2-core box refused six concurrent callers of four texts each (about 4 ms per
     # window there); callers who need less set a deadline, which is checked too.
     max_queue_wait_ms: float = 500.0
+    # Overload, not a burst: once max_queue_wait_ms has been refusing calls for
+    # standing_after_ms (no gap longer than that between refusals), the bound drops to
+    # max_standing_wait_ms, the queued calls that would wait longer are refused too, and it
+    # stays there until the batcher is next idle (nothing queued, being tokenised or
+    # running). Under sustained overload the calls admitted are then served in about their
+    # unloaded time plus this, instead of after max_queue_wait_ms each, and the excess is
+    # refused at once (CoDel's standing queue, as in Facebook's "Fail at Scale"). Bursts
+    # and concurrent callers that fit max_queue_wait_ms are not affected. 0 = off.
+    max_standing_wait_ms: float = 50.0
+    standing_after_ms: float = 30.0
     # Cost cap: windows one call may put into the queue (texts x windows per text);
     # more is refused with CallTooLarge. 0 = no cap.
     max_call_windows: int = 2048
@@ -256,9 +266,16 @@ class Batcher:
         self._queued_texts = 0  # admitted and not yet answered (tokenising, queued, running)
         self._in_flight = 0  # batches running
         self._tokenizing = 0  # calls being tokenised
+        # calls admitted and not yet fully tokenised, and their estimated windows and
+        # tokens: they join the queue once the tokeniser has served them
+        self._pending_calls = 0
+        self._pending_windows = 0
+        self._pending_tokens = 0.0
         self._rate = 0.0  # recent windows per second of inference (EWMA)
         self._cost = WindowCost()  # forward seconds per window, by its tokens (one thread)
         self._running_windows = 0  # windows in batches being run and not yet done
+        self._overloaded = False  # under the standing bound until next idle
+        self._refusing: tuple[float, float] | None = None  # (first, last) refusal by the bound
         self._running_tokens = 0
         # content tokens per window, and characters per window (learnt from multi-window
         # texts): they estimate a call's cost before it is tokenised; ~4 characters a token
@@ -287,7 +304,8 @@ class Batcher:
             return
         self._loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(
-            max(1, self.config.inference_threads), thread_name_prefix="wacht-infer"
+            max(1, self.config.inference_threads),
+            thread_name_prefix="wacht-infer",
         )
         self._tokenize_pool = ThreadPoolExecutor(
             max(1, self.config.tokenize_threads), thread_name_prefix="wacht-tokenize"
@@ -365,11 +383,19 @@ class Batcher:
             tokenized=False,
         )
         request.flow = _caller_flow(caller) or request
+        self._pending_calls += 1
+        self._pending_windows += windows
+        self._pending_tokens += tokens
         try:
-            for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS, TOKENIZE_CHUNK_TEXTS):
-                if not request.live:
-                    break  # expired or failed meanwhile: its future holds the error
-                await self._tokenize_chunk(request, chunk, truncation, max_windows)
+            try:
+                for chunk in _chunks(texts, TOKENIZE_CHUNK_CHARS, TOKENIZE_CHUNK_TEXTS):
+                    if not request.live:
+                        break  # expired or failed meanwhile: its future holds the error
+                    await self._tokenize_chunk(request, chunk, truncation, max_windows)
+            finally:
+                self._pending_calls -= 1
+                self._pending_windows -= windows
+                self._pending_tokens -= tokens
             request.tokenized = True
             if request.live and request.remaining == 0:
                 self._complete(request)  # every window was answered while we tokenised
@@ -466,22 +492,38 @@ class Batcher:
         return total
 
     def estimated_wait(
-        self, windows: int = 1, caller: str = "", tokens: float | None = None
+        self, windows: int = 1, caller: str = "", tokens: float | None = None, entering: int = 0
     ) -> float:
         """Seconds a new call of `windows` windows (`tokens` tokens; of `caller`'s flow, if
         named) would wait for the work ahead of it under round-robin (queued, being
-        tokenised, the rest of what runs) at the measured cost per window and token."""
+        tokenised, the rest of what runs, and `entering` calls of a window each that are
+        about to be admitted) at the measured cost per window and token."""
         if not self._cost.known:
             return 0.0
         if tokens is None:
             tokens = windows * self._cost.window_tokens
         queued = len(self._queue)
         ahead = self._queue.ahead_of(windows, _caller_flow(caller))
-        n = ahead + self._running_windows
+        n = ahead + self._running_windows + entering
         t = (ahead * self._queue.tokens / queued if queued else 0.0) + self._running_tokens
-        if self._tokenizing:  # a tokenising call takes its turns too
-            n, t = n + windows, t + tokens
+        t += entering * self._cost.window_tokens
+        # calls still being tokenised join the queue first, each a flow of its own (at most
+        # `windows` of each served before this call's last, as for the queued flows)
+        if self._pending_calls:
+            pending = min(self._pending_windows, self._pending_calls * max(1, windows))
+            n += pending
+            t += pending * self._pending_tokens / max(1, self._pending_windows)
         return self._cost.seconds(n, t) / max(1, self.config.inference_threads)
+
+    def wait_bound(self) -> float:
+        """Seconds a new call may wait: max_queue_wait_ms, or max_standing_wait_ms while
+        overloaded (see BatchingConfig)."""
+        bound = self.config.max_queue_wait_ms / 1000 or float("inf")
+        if not (len(self._queue) or self._pending_windows or self._running_windows):
+            self._overloaded, self._refusing = False, None  # idle
+        elif self._overloaded:
+            return min(bound, self.config.max_standing_wait_ms / 1000 or bound)
+        return bound
 
     def service_time(self, windows: int, tokens: float | None = None) -> float:
         """Seconds this batcher needs for `windows` windows of one call on its own."""
@@ -496,17 +538,21 @@ class Batcher:
         texts: int = 0,
         caller: str = "",
         tokens: float | None = None,
+        entering: int = 0,
     ) -> None:
-        """Raise Overloaded when a call of `windows` windows would wait longer than
-        max_queue_wait_ms, or would not finish before its deadline."""
-        wait = self.estimated_wait(windows, caller, tokens)
+        """Raise Overloaded when a call of `windows` windows would wait longer than the
+        wait bound (max_queue_wait_ms, or max_standing_wait_ms while overloaded), or
+        would not finish before its deadline (`entering`: see estimated_wait)."""
+        bound = self.wait_bound()
+        wait = self.estimated_wait(windows, caller, tokens, entering)
         if wait <= 0:
             return
-        bound = self.config.max_queue_wait_ms / 1000 or float("inf")
         allowed = bound
         if deadline is not None:
             allowed = min(allowed, deadline - self._clock() - self.service_time(windows, tokens))
         if wait > allowed:
+            if wait > bound and self.config.max_standing_wait_ms and not self._overloaded:
+                self._refused_by_bound()
             # the backlog drains at the measured rate: after `wait - allowed` a call like
             # this one would fit again (if no one else came first)
             retry = min(60.0, max(0.005, wait - max(0.0, allowed)))
@@ -612,6 +658,40 @@ class Batcher:
         if purge:  # otherwise its queued windows are skipped lazily by take()
             self._queue.discard(request, request.flow)
         self._release(request.texts)
+
+    def _refused_by_bound(self) -> None:
+        """max_queue_wait_ms refused a call: past standing_after_ms of such refusals the
+        batcher is overloaded."""
+        now, after = self._clock(), self.config.standing_after_ms / 1000
+        first, last = self._refusing or (now, now)
+        if now - last > after:
+            first = now  # a gap: this is a new run of refusals
+        self._refusing = (first, now)
+        if now - first >= after:
+            self._overloaded, self._refusing = True, None
+            self._refuse_queued(self.wait_bound())
+
+    def _refuse_queued(self, bound: float) -> None:
+        """On overload: refuse the queued calls (none of their windows started) that would
+        still wait longer than `bound`, so that the calls kept are served within it."""
+        threads = max(1, self.config.inference_threads)
+        fixed, per_token = self._cost.line()
+        waited = self._cost.seconds(self._running_windows, self._running_tokens) / threads
+        queued: dict[_Request, int] = {}
+        late: dict[_Request, float] = {}
+        for item in self._queue:  # in the order they would be served
+            request = item.request
+            queued[request] = queued.get(request, 0) + 1
+            if waited > bound and request not in late:
+                late[request] = waited
+            waited += (fixed + per_token * item.length) / threads
+        for request, wait in late.items():
+            if not request.live or not request.tokenized or queued[request] < request.remaining:
+                continue  # still being tokenised, or partly served: let it finish
+            self._finish(request, purge=True)
+            if not request.future.done():
+                request.future.set_exception(Overloaded(wait - bound, wait, bound))
+            self.observer.dropped("overloaded", request.texts)
 
     def _abandon(self, request: _Request, reason: str) -> None:
         """The caller is gone (cancelled, or its deadline passed while it waited)."""
