@@ -100,5 +100,5 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServicer):
         self, request: analysis_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
     ) -> analysis_pb2.AnalyzeResponse:
         return await self.runner.unary(
-            "Analyze", context, lambda call: self.analyze(request, call), sheds=True
+            "Analyze", context, lambda call: self.analyze(request, call)
         )

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from wacht.service.api import errors
-from wacht.service.api.intake import Saturation
+from wacht.service.api.intake import Refusal, Saturation, door_pass
 from wacht.service.api.tls import peer_identity
 from wacht.service.batching.batcher import (
     BatcherClosed,
@@ -50,6 +51,10 @@ REQUEST_ID_KEY = "x-request-id"
 # shape; anything else is replaced by a fresh id, so logs never carry free client text.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 UNAUTHENTICATED = "unauthenticated"  # the caller label of calls that failed authentication
+# The gRPC methods that score texts: refused at once while the server is overloaded
+# (saturation, estimated wait), at Intake's door where it takes them in, else in `_begin`.
+SHEDDING = frozenset({"Moderate", "Explain", "Analyze"})
+ENTERING_S = 1.0  # a call let in by the door counts as about to queue for at most this long
 Admitter = Callable[["Call", Sequence[str], int], contextlib.AbstractContextManager[None]]
 
 
@@ -74,14 +79,18 @@ class Call:
 
     @property
     def flow(self) -> str:
-        """The batcher's fair-queueing key: a named caller's calls share one flow (served in
-        turn with other callers'), unnamed callers' calls are each their own flow."""
-        return "" if self.caller.name in (ANONYMOUS, MTLS) else self.caller.name
+        return flow_of(self.caller)
 
     def admit(self, models: Sequence[str], texts: int) -> contextlib.AbstractContextManager[None]:
         """Before scoring: may the caller use `models`, and has it `texts` texts/s left?
         (PermissionDenied / QuotaExceeded). While the block runs the texts are in flight."""
         return self.admitter(self, models, texts)
+
+
+def flow_of(caller: Caller) -> str:
+    """The batcher's fair-queueing key: a named caller's calls share one flow (served in
+    turn with other callers'), unnamed callers' calls are each their own flow."""
+    return "" if caller.name in (ANONYMOUS, MTLS) else caller.name
 
 
 def to_api_error(exc: BaseException, field_prefix: str = "") -> errors.ApiError:
@@ -126,10 +135,13 @@ def _cancel_code(call: Call | None) -> grpc.StatusCode:
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and REQUEST_ID.fullmatch(value):
-            return value
-    return new_request_id()
+    return request_id_of(metadata_dict(context))
+
+
+def request_id_of(metadata: Mapping[str, str]) -> str:
+    """The client's x-request-id where it has the allowed shape, else a fresh id."""
+    value = metadata.get(REQUEST_ID_KEY)
+    return value if value is not None and REQUEST_ID.fullmatch(value) else new_request_id()
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -189,6 +201,9 @@ class CallRunner:
         # only a verified client certificate (mTLS) names a peer; reading the auth context
         # was a tenth of the event loop's time under a flood of small calls
         self._mtls = state.config.tls.client_ca_file is not None
+        # when each call the door let in passed it, until its handler reaches admission:
+        # those calls are about to queue, and the door counts them as ahead of the next
+        self._entering: collections.deque[float] = collections.deque()
 
     def _peer(self, context: grpc.aio.ServicerContext) -> str | None:
         return peer_identity(context) if self._mtls else None
@@ -210,13 +225,61 @@ class CallRunner:
         admission = self.state.admission_error(needs_models)
         if admission is not None:
             raise admission
-        if sheds:
-            self.saturation.check(call.caller.name)
-            self.state.shed(call.deadline)
+        if sheds and door_pass.get() is None:
+            self._shed(call.caller, call.deadline)
         call.ticket = self.guard.enter(call.caller)
+
+    def _shed(self, caller: Caller, deadline: float | None, entering: int = 0) -> None:
+        """Refuse a scoring call before any work on it while the event loop is saturated or
+        no batcher could take it in time (ApiError / Overloaded; `entering`: calls let in
+        just before it, not queued yet)."""
+        self.saturation.check(caller.name)
+        self.state.shed(deadline, flow_of(caller), entering)
+
+    def _entered(self) -> None:
+        """A call the door let in has reached admission or ended (the oldest pass is its,
+        or one whose handler never ran)."""
+        passed = door_pass.get()
+        if passed is not None and passed.entering:
+            passed.entering = False
+            if self._entering:
+                self._entering.popleft()
+
+    def door(self, method: str, context: Any) -> Refusal | None:
+        """Intake's door for a call of a SHEDDING method (its path), before its message is
+        read: `_shed`'s refusal, counted and sent without a handler. Anything else (no
+        caller, no right, not serving) is let in, for the handler to answer precisely."""
+        started = time.monotonic()
+        if self.state.admission_error(True) is not None:
+            self._entering.append(started)
+            return None
+        name = method.rsplit("/", 1)[-1]
+        metadata = metadata_dict(context)
+        try:
+            caller = self.guard.authenticate(metadata, self._peer(context))
+            self.guard.authorize(caller, name)
+        except SecurityError:
+            self._entering.append(started)
+            return None
+        entering = self._entering
+        while entering and started - entering[0] > ENTERING_S:
+            entering.popleft()  # its handler never ran (the client went away first)
+        try:
+            self._shed(caller, _deadline(context), len(entering))
+            entering.append(started)
+            return None
+        except (errors.ApiError, QueueFull) as exc:
+            error = to_api_error(exc)
+        request_id = request_id_of(metadata)
+        log_failure(error)
+        self._finish(Call(name, request_id, None, started, caller), name, error.code, started)
+        status = error.to_grpc_status()
+        return status.code, status.details, (
+            *status.trailing_metadata, (REQUEST_ID_KEY, request_id))
 
     @contextlib.contextmanager
     def _admit(self, call: Call, models: Sequence[str], texts: int) -> Iterator[None]:
+        self._entered()
         self.guard.charge(call.caller, models, texts)
         metrics = self.state.metrics
         metrics.caller_texts.labels(call.caller.name).inc(texts)
@@ -229,6 +292,7 @@ class CallRunner:
     def _finish(
         self, call: Call | None, method: str, code: grpc.StatusCode, started: float
     ) -> None:
+        self._entered()
         seconds = time.monotonic() - started
         metrics = self.state.metrics
         metrics.request_done(method, code.name, seconds)
@@ -287,13 +351,13 @@ class CallRunner:
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], Awaitable[T]],
         needs_models: bool = True,
-        sheds: bool = False,
     ) -> T:
-        request_id = _request_id(context)
+        metadata = metadata_dict(context)
+        request_id = request_id_of(metadata)
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
         try:
             return await self.run(method, request_id, _deadline(context), body, needs_models,
-                                  sheds, metadata_dict(context), self._peer(context))
+                                  method in SHEDDING, metadata, self._peer(context))
         except errors.ApiError as error:
             status = error.to_grpc_status()
             metadata = (*status.trailing_metadata, (REQUEST_ID_KEY, request_id))
@@ -305,7 +369,6 @@ class CallRunner:
         method: str,
         context: grpc.aio.ServicerContext,
         body: Callable[[Call], AsyncIterator[T]],
-        sheds: bool = False,
     ) -> AsyncIterator[T]:
         started = time.monotonic()
         code = grpc.StatusCode.OK
@@ -315,7 +378,7 @@ class CallRunner:
         try:
             try:
                 call = self._identify(method, context)
-                self._begin(call, True, sheds)
+                self._begin(call, True, method in SHEDDING)
                 async for item in body(call):
                     yield item
                     bind_request(call.request_id, method, call.caller.name)

@@ -8,6 +8,13 @@ overload got 52% OK or RESOURCE_EXHAUSTED with one request, 100% with four more)
 keeps `loops` more requests outstanding per method, each loop handing the calls it takes to
 grpc's own per-call machinery, so every call is served or refused by Wacht's admission.
 
+The door: a scoring call these loops take in is first shown to `door` (CallRunner.door),
+before its message is read or a handler task exists; a call the door refuses gets its status
+(RESOURCE_EXHAUSTED with RetryInfo) sent straight away. Refused through a handler, a call cost
+about a third of a served one on the event loop, so a flood of the smallest calls outran what
+one process could even refuse (bench/README.md). A call that passes the door runs its handler
+with `door_pass` set, so the handler does not take the same decision twice.
+
 This uses grpc's private Cython entry points (the ones its own serving loop calls); where
 they are missing (another grpc version) the server runs with grpc's one request and says so.
 """
@@ -15,9 +22,11 @@ they are missing (another grpc version) the server runs with grpc's one request 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -27,6 +36,24 @@ from wacht.service.observability import loopload
 from wacht.service.observability.logging import get_logger
 
 log = get_logger("wacht.intake")
+
+
+class DoorPass:
+    """Set in the handler of a call that passed the door: its admission checks are done."""
+
+    __slots__ = ("entering",)
+
+    def __init__(self) -> None:
+        self.entering = True  # not yet at admission (CallRunner counts it as about to queue)
+
+
+door_pass: contextvars.ContextVar[DoorPass | None] = contextvars.ContextVar(
+    "door_pass", default=None
+)
+# (method path, the call's grpc context) -> None to let it in, or the status to refuse it
+# with: (code, details, trailing metadata)
+Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]
+Door = Callable[[str, Any], Refusal | None]
 
 _CYGRPC_NAMES = ("_MethodResolver", "_handle_rpc", "_schedule_rpc_coro")
 _SERVER_NAMES = ("_request_registered_call", "is_running")
@@ -49,9 +76,11 @@ def _private_api(server: grpc.aio.Server) -> tuple[Any, Any] | None:
 class Intake:
     """`loops` extra call requests per method of `handlers` (full method path -> handler)."""
 
-    def __init__(self, loops: int) -> None:
+    def __init__(self, loops: int, door: Door | None = None) -> None:
         self.loops = loops
+        self.door = door
         self.accepted = 0  # calls taken in by these loops (the rest by grpc's own)
+        self.refused = 0  # calls refused at the door
         self._tasks: set[asyncio.Task[Any]] = set()
         self._calls: set[asyncio.Task[Any]] = set()  # the loop holds tasks only weakly
 
@@ -60,8 +89,10 @@ class Intake:
         server: grpc.aio.Server,
         handlers: Mapping[str, grpc.RpcMethodHandler],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        door_methods: Collection[str] = (),
     ) -> int:
-        """Start the loops on a started server; return how many run."""
+        """Start the loops on a started server; return how many run. Calls of
+        `door_methods` (paths) they take in are shown to the door first."""
         if self.loops <= 0 or not handlers:
             return 0
         api = _private_api(server)
@@ -72,10 +103,13 @@ class Intake:
         cygrpc, core = api
         loop = asyncio.get_running_loop()
         for method, handler in handlers.items():
+            door = self.door if method in door_methods else None
+            if door is not None:
+                handler = _marked(handler)
             resolver = cygrpc._MethodResolver([], {method: handler})
             for _ in range(self.loops):
                 task = loop.create_task(
-                    self._take(cygrpc, core, method, resolver, tuple(interceptors)),
+                    self._take(cygrpc, core, method, resolver, tuple(interceptors), door),
                     name=f"intake[{method}]",
                 )
                 self._tasks.add(task)
@@ -83,7 +117,13 @@ class Intake:
         return len(self._tasks)
 
     async def _take(
-        self, cygrpc: Any, core: Any, method: str, resolver: Any, interceptors: tuple
+        self,
+        cygrpc: Any,
+        core: Any,
+        method: str,
+        resolver: Any,
+        interceptors: tuple,
+        door: Door | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         method_bytes = method.encode()
@@ -95,16 +135,54 @@ class Intake:
             except Exception:  # the server is shutting down: core fails open requests
                 return
             self.accepted += 1
+            if door is not None:
+                context = cygrpc._ServicerContext(rpc_state, None, None, loop)
+                refusal = door(method, context)
+                if refusal is not None:
+                    self.refused += 1
+                    self._track(loop.create_task(_refuse(context, refusal)))
+                    continue
             rpc = cygrpc._handle_rpc(method, resolver, interceptors, rpc_state, loop, False)
-            task = loop.create_task(cygrpc._schedule_rpc_coro(rpc, rpc_state, loop, method))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._track(loop.create_task(cygrpc._schedule_rpc_coro(rpc, rpc_state, loop, method)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
     async def close(self) -> None:
         """Stop taking calls in (calls already taken in run on); after the server's stop."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _refuse(context: Any, refusal: Refusal) -> None:
+    """Send a call's error status without reading its message (trailers only)."""
+    # AbortError once sent; anything else: the call is gone, nobody is left to tell
+    with contextlib.suppress(Exception):
+        await context.abort(*refusal)
+
+
+def _marked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with `door_pass` set while its behaviour runs."""
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            door_pass.set(DoorPass())
+            return await unary(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            door_pass.set(DoorPass())
+            async for reply in stream(request, context):
+                yield reply
+
+        return handler._replace(unary_stream=unary_stream)
+    return handler  # client streams are not refused at the door
 
 
 class Saturation:

@@ -177,7 +177,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ModerateRequest, context: grpc.aio.ServicerContext
     ) -> moderation_pb2.ModerateResponse:
         return await self.runner.unary(
-            "Moderate", context, lambda call: self.moderate(request, call), sheds=True
+            "Moderate", context, lambda call: self.moderate(request, call)
         )
 
     async def _stream_one(
@@ -314,7 +314,7 @@ class ModerationServicer(moderation_pb2_grpc.ModerationServicer):
         self, request: moderation_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[moderation_pb2.ExplainResponse]:
         async for reply in self.runner.streaming(
-            "Explain", context, self.explain(request), sheds=True
+            "Explain", context, self.explain(request)
         ):
             yield reply
 

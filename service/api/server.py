@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from wacht.service.api.analysis import AnalysisServicer
-from wacht.service.api.calls import CallRunner
+from wacht.service.api.calls import SHEDDING, CallRunner
 from wacht.service.api.gate import ReflectionGate
 from wacht.service.api.handlers import add_servicer
 from wacht.service.api.intake import Intake
@@ -56,7 +56,7 @@ class WachtServer:
         self._reloads: set[asyncio.Task[list[ReloadResult]]] = set()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self.intake = Intake(config.accept_loops)
+        self.intake = Intake(config.accept_loops, self.runner.door)
         self.health_server: grpc.aio.Server | None = None
         self.certificates: CertificateFiles | None = None
         self.port = 0
@@ -160,7 +160,10 @@ class WachtServer:
             self.health_port = self._listen(self.health_server, health_address, False)
             await self.health_server.start()
         await server.start()
-        intake = self.intake.start(server, handlers, [gate] if gate is not None else [])
+        shedding = [path for path in handlers if path.rsplit("/", 1)[-1] in SHEDDING]
+        intake = self.intake.start(
+            server, handlers, [gate] if gate is not None else [], door_methods=shedding
+        )
         if self.config.http.address:
             await self._start_http()
         if self.config.metrics_port:

@@ -93,14 +93,16 @@ class ServingState:
             return errors.unavailable("models are still loading")
         return None
 
-    def shed(self, deadline: float | None) -> None:
+    def shed(self, deadline: float | None, flow: str = "", entering: int = 0) -> None:
         """Refuse a scoring call at the door, before any work on it, when no model's
-        batcher could take even a one-window call in time (raises Overloaded). The decision
-        is the batchers' own `check_wait`; the exact one follows at admission."""
+        batcher could take even a one-window call of `flow` (its caller's fair-queueing
+        key) in time, behind `entering` calls let in just before it (raises Overloaded).
+        The decision is the batchers' own `check_wait`; the exact one follows at
+        admission."""
         refusals: list[Overloaded] = []
         for served in self.models.values():
             try:
-                served.batcher.check_wait(1, deadline)
+                served.batcher.check_wait(1, deadline, caller=flow, entering=entering)
             except Overloaded as exc:
                 refusals.append(exc)
             else:
