@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TPY := $(TRAIN_VENV)/bin/python
 MODEL ?= models/minilm-moderation
 
-.PHONY: run test test-serve test-train lint protos model model-multilingual explainer bench clean
+.PHONY: run test test-serve test-train system-deps lint protos model model-multilingual explainer bench clean
 
 # Serving environment: onnxruntime (CPU), no torch, no transformers.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
@@ -30,7 +30,17 @@ run: $(VENV)/.installed
 # Train-env tests first: they build the explainer that the serving tests then use.
 test: test-train test-serve
 
-test-serve: $(VENV)/.installed
+# Debian packages the serving tests use: nginx for the admission front (tests/test_front.py).
+# Installed where apt-get runs as root (the Debian package starts nginx's default site on
+# install: it is stopped again); elsewhere those tests skip and say why.
+system-deps:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light \
+	    && (/usr/sbin/nginx -s quit 2>/dev/null || true); } || \
+	  echo "nginx is not installed: tests/test_front.py will skip"
+
+test-serve: $(VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not train" -q
 

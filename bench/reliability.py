@@ -22,7 +22,8 @@ The load generator shares the machine with the server (2 cores here): compare ru
 one after another on a quiet machine, never against fixed numbers. On a larger machine,
 `--server-cpus 0,1` pins the server to those cores (as a 2-CPU pod) and the load generator
 to the others, and `--generators N` splits the open-loop overload over N processes, so
-the generator is not what limits the offered rate. Not run in CI.
+the generator is not what limits the offered rate. `--front LIMIT` measures through the
+admission front (nginx, service/front.py) with that concurrency limit. Not run in CI.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.front import NginxFront
 from bench.load import DEFAULT_MODEL, ServerProcess
 from wacht.client import AsyncWachtClient
 from wacht.service.security import generate_key, hash_key
@@ -271,7 +273,7 @@ def served_codes(metrics_port: int) -> Counter[str]:
 
 async def bench_overload(address: str, seconds: float, factor: float,
                          metrics_port: int = 0, server_pid: int = 0,
-                         generators: int = 1) -> None:
+                         generators: int = 1, front_pid: int = 0) -> None:
     await closed_loop(address, 4, 1.0)  # warm up
     capacity_mix = await closed_loop(address, 16, 5.0)
     capacity = sum(1 for o in capacity_mix.outcomes if o.code == "OK") / 5.0
@@ -284,7 +286,7 @@ async def bench_overload(address: str, seconds: float, factor: float,
     normal_ms = 2 * pct(unloaded, .99)
     before = served_codes(metrics_port) if metrics_port else Counter()
     cpu_before = (cpu_s(server_pid, True) if server_pid else 0.0, cpu_s(os.getpid()),
-                  time.perf_counter())
+                  time.perf_counter(), cpu_s(front_pid, True) if front_pid else 0.0)
     generator_cpu = 0.0
     if generators > 1:
         mix, seconds_to_normal, generator_cpu = await open_loop_processes(
@@ -296,6 +298,7 @@ async def bench_overload(address: str, seconds: float, factor: float,
     wall = time.perf_counter() - cpu_before[2]
     server_cores = (cpu_s(server_pid, True) - cpu_before[0]) / wall if server_pid else float("nan")
     client_cores = (cpu_s(os.getpid()) - cpu_before[1] + generator_cpu) / wall
+    front_cores = (cpu_s(front_pid, True) - cpu_before[3]) / wall if front_pid else 0.0
     codes = mix.codes()
     total = sum(codes.values())
     ok = mix.ok_ms()
@@ -316,15 +319,17 @@ async def bench_overload(address: str, seconds: float, factor: float,
     print(f"  recovery: {seconds_to_normal:.2f} s after the overload stopped until lone calls "
           f"were within 2x the unloaded p99", flush=True)
     server_of = len(os.sched_getaffinity(server_pid)) if server_pid else os.cpu_count()
-    print(f"  CPU while offered and recovering: server {server_cores:.2f} cores (of "
+    front = f" + admission front {front_cores:.2f}" if front_pid else ""
+    print(f"  CPU while offered and recovering: server {server_cores:.2f}{front} cores (of "
           f"{server_of} it may use), load generator ({generators} process"
           f"{'es' if generators > 1 else ''}) {client_cores:.2f} cores (of "
           f"{len(os.sched_getaffinity(0))})", flush=True)
     if metrics_port:
         served = served_codes(metrics_port) - before
+        where = "were refused by the admission front or " if front_pid else ""
         print(f"  the server's own count of those calls (and the recovery probe's): "
-              f"{dict(served)}; {total - sum(served.values())} never reached the service code",
-              flush=True)
+              f"{dict(served)}; {total - sum(served.values())} {where}never reached the "
+              f"service code", flush=True)
 
 
 async def bench_fairness(address: str) -> None:
@@ -402,8 +407,13 @@ async def main_async(args: argparse.Namespace) -> None:
     if not server_cpus <= every_cpu or (args.server_cpus and server_cpus == every_cpu):
         raise SystemExit(f"--server-cpus {args.server_cpus}: must be a proper subset of "
                          f"this process's CPUs {sorted(every_cpu)}")
-    os.sched_setaffinity(0, server_cpus)  # the server inherits these ...
+    os.sched_setaffinity(0, server_cpus)  # the server (and its front) inherit these ...
     server = ServerProcess(Path(args.model), env)
+    front = NginxFront(server.address, args.front) if args.front else None
+    address = front.address if front else server.address
+    if front:
+        print(f"admission front (nginx, service/front.py): {args.front} scoring calls in "
+              f"flight", flush=True)
     if args.server_cpus:
         os.sched_setaffinity(0, every_cpu - server_cpus)  # ... the generators the rest
         print(f"server pinned to CPUs {sorted(server_cpus)}, load generators to "
@@ -412,13 +422,16 @@ async def main_async(args: argparse.Namespace) -> None:
         await server.wait_serving()
         only = set(args.only.split(","))
         if "overload" in only:
-            await bench_overload(server.address, args.seconds, args.factor, metrics_port,
-                                 server.process.pid, args.generators)
+            await bench_overload(address, args.seconds, args.factor, metrics_port,
+                                 server.process.pid, args.generators,
+                                 front.process.pid if front else 0)
         if "fairness" in only:
-            await bench_fairness(server.address)
+            await bench_fairness(address)
         if "memory" in only:
-            await bench_memory(server.address, server.process.pid)
+            await bench_memory(address, server.process.pid)
     finally:
+        if front:
+            front.stop()
         server.stop()
 
 
@@ -445,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", default="",
                         help="pin the server to these CPUs (e.g. 0,1 or 0-3) and the load "
                              "generators to the others")
+    parser.add_argument("--front", type=int, default=0, metavar="LIMIT",
+                        help="put the admission front (nginx, `wacht front-config`) with this "
+                             "concurrency limit in front of the server (0 = none)")
     parser.add_argument("--generators", type=int, default=1,
                         help="overload: split the open loop over N processes (1)")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wacht.client import DEFAULT_ADDRESS
+from wacht.service.front import Front, render
 
 MODEL_FACTORY_COMMANDS = ("import", "eval", "build", "export-hf", "finetune", "calibrate")
 
@@ -168,6 +169,17 @@ def _health(args: argparse.Namespace) -> int:
         return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _front_config(args: argparse.Namespace) -> int:
+    front = Front(args.upstream, args.listen, args.limit, args.per_caller,
+                  args.retry_after_ms, args.max_body_mb, args.run_dir, args.workers)
+    try:
+        sys.stdout.write(render(front))
+    except ValueError as exc:
+        print(f"wacht front-config: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _model_factory(argv: list[str]) -> int:
     from wacht.models.cli import (
         main as factory_main,  # the model factory (some commands need torch)
@@ -237,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODEL_FACTORY_COMMANDS:
         msub.add_parser(name, help=f"model factory: {name} (see models.cli)", add_help=False)
 
+    front = sub.add_parser(
+        "front-config",
+        help="print the nginx.conf of an admission front for one Wacht process "
+             "(refuses scoring calls past a concurrency limit, in C; see service/front.py)",
+    )
+    defaults = Front()
+    front.add_argument("--upstream", default=defaults.upstream, help="the Wacht process")
+    front.add_argument("--listen", default=defaults.listen, help="where clients connect")
+    front.add_argument("--limit", type=int, default=defaults.limit,
+                       help="scoring calls in flight to Wacht (about 8 per core)")
+    front.add_argument("--per-caller", type=int, default=defaults.per_caller,
+                       help="of them, one API key at most (0 = no per-caller limit)")
+    front.add_argument("--retry-after-ms", type=int, default=defaults.retry_after_ms)
+    front.add_argument("--max-body-mb", type=int, default=defaults.max_body_mb)
+    front.add_argument("--run-dir", default=defaults.run_dir,
+                       help="an existing directory for nginx's pid and temporary files")
+    front.add_argument("--workers", type=int, default=defaults.workers)
+
     keys = sub.add_parser("keys", help="API keys in a callers file (stored as sha256)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     add = ksub.add_parser("add", help="make a key for NAME, store its hash, print it once")
@@ -267,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "health":
             return _health(args)
+        if args.command == "front-config":
+            return _front_config(args)
         if args.command == "keys":
             return _keys(args)
         return _models(args)
