@@ -409,7 +409,8 @@ async def main_async(args: argparse.Namespace) -> None:
                          f"this process's CPUs {sorted(every_cpu)}")
     os.sched_setaffinity(0, server_cpus)  # the server (and its front) inherit these ...
     server = ServerProcess(Path(args.model), env)
-    front = NginxFront(server.address, args.front) if args.front else None
+    # one limit: the load roles hold one API key each, so per_caller would be the limit
+    front = NginxFront(server.address, args.front, args.front) if args.front else None
     address = front.address if front else server.address
     if front:
         print(f"admission front (nginx, service/front.py): {args.front} scoring calls in "

