@@ -29,7 +29,7 @@ class NginxFront:
     """nginx with `wacht front-config`'s configuration, listening on a free loopback port."""
 
     def __init__(self, upstream: str, limit: int = 8, per_caller: int = 6,
-                 retry_after_ms: int = 50) -> None:
+                 retry_after_ms: int = 50, tls: tuple[str, str] | None = None) -> None:
         binary = nginx()
         if binary is None:
             raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
@@ -40,7 +40,8 @@ class NginxFront:
         self.config = self.run_dir / "nginx.conf"
         self.config.write_text(render(Front(
             upstream=upstream, listen=self.address, limit=limit, per_caller=per_caller,
-            retry_after_ms=retry_after_ms, run_dir=str(self.run_dir))))
+            retry_after_ms=retry_after_ms, run_dir=str(self.run_dir),
+            tls_cert=tls[0] if tls else "", tls_key=tls[1] if tls else "")))
         self.process = subprocess.Popen(
             [binary, "-c", str(self.config), "-e", "stderr", "-g", "daemon off;"],
             stdout=subprocess.DEVNULL)

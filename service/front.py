@@ -16,7 +16,11 @@ What it does, per Wacht process (a sidecar in the same pod, or beside `wacht ser
   RetryInfo details Wacht's own refusals carry (errors.resource_exhausted);
 - every other call (streams, health, reflection, model listings) passes unlimited;
 - Wacht unreachable -> UNAVAILABLE (which the shipped client service config retries);
-- no access log (no client data on disk); bodies up to Wacht's own message limit.
+- no access log (no client data on disk); bodies up to Wacht's own message limit;
+- optionally TLS for the clients (`tls_cert`, `tls_key`), Wacht behind it on loopback in
+  clear. nginx reads the certificate at start and on `nginx -s reload` (Wacht alone reloads
+  it when the file changes), and Wacht's mTLS caller identities do not pass a proxy: behind
+  the front, callers are identified by API key.
 
 Excess calls are refused rather than queued: a queue in front would hold every admitted call
 for the queue's whole bound under overload. Size `limit` by Little's law: calls in flight =
@@ -47,6 +51,8 @@ class Front:
     max_body_mb: int = 64  # largest request body (Wacht's own message limit)
     run_dir: str = "/tmp/wacht-front"  # pid file and nginx's temporary files
     workers: int = 1  # nginx worker processes (limits are shared by all)
+    tls_cert: str = ""  # PEM files: TLS for clients (terminated here; Wacht behind in clear)
+    tls_key: str = ""
 
 
 def scoring_paths() -> list[str]:
@@ -80,6 +86,13 @@ def render(front: Front) -> str:
     """The nginx.conf of `front`."""
     if front.limit < 1 or front.per_caller < 0 or front.retry_after_ms < 1:
         raise ValueError("limit >= 1, per_caller >= 0 and retry_after_ms >= 1 are needed")
+    if bool(front.tls_cert) != bool(front.tls_key):
+        raise ValueError("TLS needs both a certificate and its key")
+    tls = (f"""listen {front.listen} ssl http2;
+        ssl_certificate {front.tls_cert};
+        ssl_certificate_key {front.tls_key};
+        ssl_protocols TLSv1.2 TLSv1.3;""" if front.tls_cert
+           else f"listen {front.listen} http2;")
     scoring = "|".join(re.escape(p) for p in scoring_paths())
     per_caller = (f"limit_conn wacht_caller {front.per_caller};" if front.per_caller
                   else "# no per-caller limit")
@@ -111,7 +124,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {front.listen} http2;
+        {tls}
         server_name wacht;
         http2_max_concurrent_streams 4096;
         # nginx closes a client connection after 1,000 calls by default: every gRPC client

@@ -92,8 +92,9 @@ def test_calls_pass_through_the_front_unchanged() -> None:
                 [c.score for r in b.results for c in r.categories])
             assert len(proxied.analyze(TEXTS).results) == 3
             assert proxied.list_models().models
-            big = ["lovely weather in the park " * 700] * 100  # 1.9 MB, past nginx's 1 MB default
-            assert len(proxied.moderate(big).results) == 100
+            # 1.9 MB, past nginx's 1 MB default (one window a text: cheap to score)
+            big = ["lovely weather in the park " * 700] * 100
+            assert len(proxied.moderate(big, truncation="head").results) == 100
             _, call = proxied.moderation.Moderate.with_call(
                 proxied_request(), metadata=(("x-request-id", "through-the-front"),))
             assert ("x-request-id", "through-the-front") in call.trailing_metadata()
@@ -177,6 +178,34 @@ def test_one_flooding_key_leaves_room_for_another(tmp_path: Path) -> None:
         flooded, calm = asyncio.run(run())
         assert flooded["RESOURCE_EXHAUSTED"] > 0, flooded
         assert calm and set(calm) == {"OK"}, calm
+
+
+@needs_nginx
+def test_the_front_terminates_tls_for_api_key_callers(tmp_path: Path) -> None:
+    from tls_support import CA
+
+    require_model()
+    ca = CA(tmp_path / "pki")
+    issued = ca.issue("front", "localhost")
+    key = generate_key()
+    callers = tmp_path / "callers.json"
+    callers.write_text(json.dumps({"callers": [{"name": "app", "key_sha256": [hash_key(key)]}]}))
+    config = make_config(auth={"keys_file": callers})
+    with server_thread(config) as server, \
+            NginxFront(server.address, tls=(str(issued.cert), str(issued.key))) as front:
+        with WachtClient(front.address, timeout=30, ca_file=ca.pem, server_name="localhost",
+                         api_key=key) as client:
+            assert client.moderate(TEXTS).results[2].id == "2"
+        with WachtClient(front.address, timeout=30, ca_file=ca.pem,
+                         server_name="localhost") as keyless:
+            with pytest.raises(grpc.RpcError) as caught:
+                keyless.moderate(TEXTS)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with WachtClient(front.address, timeout=5, api_key=key) as plaintext, \
+                pytest.raises(grpc.RpcError):  # the front speaks TLS only
+            plaintext.moderate(TEXTS)
+    with pytest.raises(ValueError):
+        render(Front(tls_cert="only-a-cert.pem"))
 
 
 @needs_nginx
