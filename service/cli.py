@@ -172,7 +172,7 @@ def _health(args: argparse.Namespace) -> int:
 def _front_config(args: argparse.Namespace) -> int:
     front = Front(args.upstream, args.listen, args.limit, args.per_caller,
                   args.retry_after_ms, args.max_body_mb, args.run_dir, args.workers,
-                  args.tls_cert, args.tls_key)
+                  args.tls_cert, args.tls_key, args.max_connection_age_s)
     try:
         sys.stdout.write(render(front))
     except ValueError as exc:
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     front.add_argument("--workers", type=int, default=defaults.workers)
     front.add_argument("--tls-cert", default="", help="PEM certificate: TLS for the clients")
     front.add_argument("--tls-key", default="", help="its PEM private key")
+    front.add_argument("--max-connection-age-s", type=int, default=0,
+                       help="close each client connection after this long (0 = never)")
 
     keys = sub.add_parser("keys", help="API keys in a callers file (stored as sha256)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

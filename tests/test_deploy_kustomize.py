@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "kubernetes"
-VARIANTS = ["overlays/cpu", "overlays/gpu"]
+VARIANTS = ["overlays/cpu", "overlays/gpu", "overlays/cpu-front"]
 KUBERNETES_VERSION = "1.32.0"  # the kubectl on the machine image
 
 
@@ -30,7 +30,14 @@ def render(variant: str) -> list[dict[str, Any]]:
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {o["kind"]: o for o in objects}
+    """Objects by kind; ConfigMaps by their generator's name (kind/name, hash dropped)."""
+    out = {}
+    for o in objects:
+        key = o["kind"]
+        if key == "ConfigMap":
+            key = f"ConfigMap/{o['metadata']['name'].rsplit('-', 1)[0]}"
+        out[key] = o
+    return out
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -41,7 +48,7 @@ def test_variant_validates_against_the_schemas(variant: str) -> None:
     assert kinds == sorted([
         "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
         "PodDisruptionBudget", "Service", "ServiceAccount",
-    ])
+    ] + (["ConfigMap"] if variant.endswith("front") else []))
     for obj in objects:
         # strict: unknown fields (a typo in a manifest) are errors too
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -60,24 +67,45 @@ def test_a_broken_manifest_fails_validation() -> None:
 def test_what_the_manifests_promise(variant: str) -> None:
     objects = by_kind(render(variant))
     pod = objects["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    sc, psc = container["securityContext"], pod["securityContext"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert set(containers) == ({"wacht", "front"} if variant.endswith("front") else {"wacht"})
+    container = containers["wacht"]
+    psc = pod["securityContext"]
     assert psc["runAsNonRoot"] and psc["seccompProfile"]["type"] == "RuntimeDefault"
-    assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"]
+    for each in containers.values():
+        sc = each["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        # Requests and limits are set (from measured figures, see the overlay).
+        resources = each["resources"]
+        assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+        assert resources["limits"]["memory"]
     assert pod["automountServiceAccountToken"] is False
     # Probes on the plaintext health-only port, which the config opens.
-    config = yaml.safe_load(objects["ConfigMap"]["data"]["config.yaml"])
+    config = yaml.safe_load(objects["ConfigMap/wacht-config"]["data"]["config.yaml"])
     health_port = int(config["health_address"].rsplit(":", 1)[1])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == health_port
-    assert config["tls"]["cert_file"].startswith("/etc/wacht/tls/")
-    assert config["max_connection_age_s"] > 0
     assert pod["terminationGracePeriodSeconds"] > config["shutdown_grace_s"]
-    # Requests and limits are set (from measured figures, see the overlay).
+    # The clients' port (the Service's `grpc`) is TLS, and closes connections periodically
+    # so that clients re-resolve: Wacht's own, or the front's in front of it.
+    grpc_ports = [(c["name"], p["containerPort"]) for c in containers.values()
+                  for p in c.get("ports", []) if p["name"] == "grpc"]
+    if variant.endswith("front"):
+        assert grpc_ports == [("front", 50051)]
+        assert config["address"].startswith("127.0.0.1:") and "tls" not in config
+        front_conf = objects["ConfigMap/wacht-front"]["data"]["nginx.conf"]
+        assert f"server {config['address']};" in front_conf
+        assert "ssl_certificate /etc/wacht/tls/tls.crt;" in front_conf
+        assert "keepalive_time 300s;" in front_conf and "limit_conn wacht_all 16;" in front_conf
+        mounts = {m["mountPath"] for m in containers["front"]["volumeMounts"]}
+        assert {"/etc/wacht/front", "/etc/wacht/tls", "/tmp/front"} <= mounts
+        assert "-s quit" in " ".join(containers["front"]["lifecycle"]["preStop"]["exec"]["command"])
+    else:
+        assert grpc_ports == [("wacht", 50051)]
+        assert config["tls"]["cert_file"].startswith("/etc/wacht/tls/")
+        assert config["max_connection_age_s"] > 0
     resources = container["resources"]
-    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
-    assert resources["limits"]["memory"]
     # Headless Service; deny-all egress; HPA on the exported gauge; PDB; spread.
     assert objects["Service"]["spec"]["clusterIP"] == "None"
     policy = objects["NetworkPolicy"]["spec"]
@@ -89,7 +117,8 @@ def test_what_the_manifests_promise(variant: str) -> None:
         "topology.kubernetes.io/zone", "kubernetes.io/hostname"}
     # The config map name carries kustomize's content hash and the pod uses that name.
     volume = next(v for v in pod["volumes"] if v["name"] == "config")
-    assert volume["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
+    assert volume["configMap"]["name"] == (
+        objects["ConfigMap/wacht-config"]["metadata"]["name"])
     if variant.endswith("gpu"):
         assert resources["limits"]["nvidia.com/gpu"] == 1
         assert {"name": "WACHT_DEVICE", "value": "cuda"} in container["env"]
@@ -130,3 +159,24 @@ def test_autoscaling_extras_name_the_exported_metric() -> None:
     from wacht.service.observability.metrics import Metrics
 
     assert "wacht_inflight_texts" in {m.name for m in Metrics().registry.collect()}
+
+
+def test_the_front_overlay_config_is_current(tmp_path: Path) -> None:
+    """overlays/cpu-front/nginx.conf is `wacht front-config`'s output (the command in its
+    kustomization.yaml), and Wacht's config there loads."""
+    from wacht.service.config import load_config
+    from wacht.service.front import Front, render
+
+    overlay = K8S / "overlays" / "cpu-front"
+    expected = render(Front(
+        upstream="127.0.0.1:50061", listen="0.0.0.0:50051", limit=16, per_caller=12,
+        run_dir="/tmp/front", tls_cert="/etc/wacht/tls/tls.crt",
+        tls_key="/etc/wacht/tls/tls.key", max_connection_age_s=300))
+    assert (overlay / "nginx.conf").read_text() == expected
+    assert "--limit 16" in (overlay / "kustomization.yaml").read_text()
+    (tmp_path / "callers.yaml").write_text("callers: []\n")
+    text = (overlay / "config.yaml").read_text().replace(
+        "/etc/wacht/callers/", f"{tmp_path}/").replace("/opt/wacht/policies", "policies")
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config(tmp_path / "config.yaml", env={})
+    assert not config.tls.enabled and config.health_listen_address() == "0.0.0.0:50052"
