@@ -72,11 +72,22 @@ def test_the_cli_prints_it_and_the_committed_example_is_current(
 
 @needs_nginx
 def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    from tls_support import CA
+
+    issued = CA(tmp_path / "pki").issue("front", "localhost")
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render(Front(listen="127.0.0.1:1", run_dir=str(tmp_path))))
-    checked = subprocess.run([nginx(), "-t", "-c", str(conf), "-e", "stderr"],
-                             capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
+    for front in (Front(listen="127.0.0.1:1", run_dir=str(tmp_path)),
+                  Front(listen="127.0.0.1:1", run_dir=str(tmp_path), tls_cert=str(issued.cert),
+                        tls_key=str(issued.key), max_connection_age_s=300, per_caller=0)):
+        conf.write_text(render(front))
+        checked = subprocess.run([nginx(), "-t", "-c", str(conf), "-e", "stderr"],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+    conf.write_text(render(Front(run_dir=str(tmp_path))).replace("limit_conn wacht_all",
+                                                                   "limit_conn no_such_zone"))
+    broken = subprocess.run([nginx(), "-t", "-c", str(conf), "-e", "stderr"],
+                            capture_output=True, text=True)
+    assert broken.returncode != 0  # the check can fail
 
 
 @needs_nginx
