@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.load import _free_port
 from wacht.service.front import Front, render
 
 
@@ -17,12 +18,6 @@ def nginx() -> str | None:
     """The nginx binary, or None (Debian: `apt-get install nginx-light`)."""
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NginxFront:

@@ -221,7 +221,7 @@ def test_the_front_terminates_tls_for_api_key_callers(tmp_path: Path) -> None:
 
 @needs_nginx
 def test_an_unreachable_wacht_is_unavailable() -> None:
-    from bench.front import _free_port
+    from bench.load import _free_port
 
     with NginxFront(f"127.0.0.1:{_free_port()}") as front, \
             WachtClient(front.address, timeout=10) as client:

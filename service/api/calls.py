@@ -248,25 +248,28 @@ class CallRunner:
     def door(self, method: str, context: Any) -> Refusal | None:
         """Intake's door for a call of a SHEDDING method (its path), before its message is
         read: `_shed`'s refusal, counted and sent without a handler. Anything else (no
-        caller, no right, not serving) is let in, for the handler to answer precisely."""
+        caller, no right, not serving) is let in, for the handler to answer precisely; a
+        call let in counts as entering until its handler reaches admission."""
         started = time.monotonic()
+        entering = self._entering
+        while entering and started - entering[0] > ENTERING_S:
+            entering.popleft()  # its handler never ran (the client went away first)
+        refusal = self._refusal(method, context, started)
+        if refusal is None:
+            entering.append(started)
+        return refusal
+
+    def _refusal(self, method: str, context: Any, started: float) -> Refusal | None:
         if self.state.admission_error(True) is not None:
-            self._entering.append(started)
             return None
         name = method.rsplit("/", 1)[-1]
         metadata = metadata_dict(context)
         try:
             caller = self.guard.authenticate(metadata, self._peer(context))
             self.guard.authorize(caller, name)
-        except SecurityError:
-            self._entering.append(started)
+            self._shed(caller, _deadline(context), len(self._entering))
             return None
-        entering = self._entering
-        while entering and started - entering[0] > ENTERING_S:
-            entering.popleft()  # its handler never ran (the client went away first)
-        try:
-            self._shed(caller, _deadline(context), len(entering))
-            entering.append(started)
+        except SecurityError:
             return None
         except (errors.ApiError, QueueFull) as exc:
             error = to_api_error(exc)

@@ -265,7 +265,6 @@ class Batcher:
         self._queue = WindowQueue()
         self._queued_texts = 0  # admitted and not yet answered (tokenising, queued, running)
         self._in_flight = 0  # batches running
-        self._tokenizing = 0  # calls being tokenised
         # calls admitted and not yet fully tokenised, and their estimated windows and
         # tokens: they join the queue once the tokeniser has served them
         self._pending_calls = 0
@@ -304,8 +303,7 @@ class Batcher:
             return
         self._loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(
-            max(1, self.config.inference_threads),
-            thread_name_prefix="wacht-infer",
+            max(1, self.config.inference_threads), thread_name_prefix="wacht-infer"
         )
         self._tokenize_pool = ThreadPoolExecutor(
             max(1, self.config.tokenize_threads), thread_name_prefix="wacht-tokenize"
@@ -422,13 +420,9 @@ class Batcher:
         its first windows run while the rest is still being tokenised."""
         assert self._loop is not None
         started = time.perf_counter_ns()
-        self._tokenizing += 1
-        try:
-            encoded = await self._loop.run_in_executor(
-                self._tokenize_pool, self.engine.encode, texts, truncation, max_windows
-            )
-        finally:
-            self._tokenizing -= 1
+        encoded = await self._loop.run_in_executor(
+            self._tokenize_pool, self.engine.encode, texts, truncation, max_windows
+        )
         now_ns = time.perf_counter_ns()
         request.tokenize_ns += now_ns - started
         if not request.enqueued_ns:
@@ -519,8 +513,8 @@ class Batcher:
         """Seconds a new call may wait: max_queue_wait_ms, or max_standing_wait_ms while
         overloaded (see BatchingConfig)."""
         bound = self.config.max_queue_wait_ms / 1000 or float("inf")
-        if not (len(self._queue) or self._pending_windows or self._running_windows):
-            self._overloaded, self._refusing = False, None  # idle
+        if self._idle():
+            self._overloaded, self._refusing = False, None
         elif self._overloaded:
             return min(bound, self.config.max_standing_wait_ms / 1000 or bound)
         return bound
@@ -570,7 +564,7 @@ class Batcher:
     # --- the idle fast path: tokenise and infer in one thread hop ---
 
     def _idle(self) -> bool:
-        return not (self._in_flight or self._tokenizing or len(self._queue) or self._closing)
+        return not (self._in_flight or self._pending_calls or len(self._queue) or self._closing)
 
     async def _score_directly(
         self,
